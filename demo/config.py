@@ -1,0 +1,49 @@
+"""The demo's settings: one Python config, with a `tiny` switch that shrinks everything for the tests.
+
+    make demo                                   # the full preset, about 15-20 minutes on 2 cores
+    .venv/bin/python -m demo.run --preset=tiny  # a few hundred images and tiny models, ~2 minutes
+
+Full preset, expected on 2 cores (see README "The end-to-end run" for the measured table): teacher
+~89% top-1; hard-label student below the distilled one; adding unlabeled images helps further; int8 within
+a point of float; the factorized int8 student >= 16% faster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Every knob of the end-to-end run."""
+
+    labelled: int = 10000          # the ImageNet role: labelled training images
+    unlabeled: int = 20000         # the Open Images role: training images with labels removed
+    test: int = 10000              # held-out evaluation
+    teacher_width: int = 48
+    teacher_epochs: int = 8
+    views: int = 4                 # stored views per training image
+    top_k: int = 10                # Fashion-MNIST has 10 classes: full logits
+    min_scale: float = 0.5         # random crops of 28x28 images keep at least half the area
+    student: str = "mobilenet_v1"
+    student_width: float = 0.5
+    image_size: int = 32
+    batch_size: int = 128
+    train_steps: int = 1500
+    learning_rate: float = 0.05
+    alpha: float = 0.5             # hard-label weight of the distilled students
+    temperature: float = 4.0
+    factorize_energy: float = 0.7
+    factorize_steps: int = 150     # fine-tuning steps per factorized layer (layerwise)
+    calibration_steps: int = 200
+    benchmark_runs: int = 200
+    seed: int = 0
+
+
+FULL = DemoConfig()
+
+TINY = DemoConfig(labelled=240, unlabeled=240, test=200, teacher_width=8, teacher_epochs=2, views=2,
+                  student_width=0.25, batch_size=32, train_steps=30, factorize_steps=5, calibration_steps=10,
+                  benchmark_runs=5)
+
+PRESETS = {"full": FULL, "tiny": TINY}

@@ -1,0 +1,158 @@
+"""`make demo`: the whole chain on Fashion-MNIST, through the same commands a user runs.
+
+It reproduces at small scale the experiments of the LPIRC 2018 team this project learns from:
+1. train a teacher (a bigger CNN) on a labelled part of the training set;
+2. extract soft labels with the Beam job (`distillery-extract`), V views, over the labelled part, over the
+   rest of the training set with its labels removed (the Open Images role) and over the test set;
+3. train students (`distillery-train`): hard labels only; labelled part with distillation; labelled +
+   unlabeled with distillation;
+4. factorize the best student layerwise and fine-tune it (`distillery-factorize`);
+5. quantize every student to int8 (`distillery-quantize`), the best one to float32 too;
+6. benchmark all of them on the test set (`distillery-benchmark`): top-1, single-thread latency, per-op
+   profile, LPIRC score; then check the goals and append them to the report.
+
+    make demo                                                   # = python -m demo.run --output_dir=runs/demo
+    .venv/bin/python -m demo.run --preset=tiny --output_dir=/tmp/demo-tiny
+
+Outputs: OUTPUT_DIR/report.md, report.json, PNG plots; every stage's inputs and outputs under OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from absl import app, flags, logging
+
+from demo import config as demo_config
+from demo import data as demo_data
+from demo import goals
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/demo", "Where every stage writes; the report lands here.")
+_PRESET = flags.DEFINE_enum("preset", "full", list(demo_config.PRESETS), "full (make demo) or tiny (tests).")
+_IDX_DIR = flags.DEFINE_string("idx_dir", demo_data.FASHION_MNIST_DIR, "Fashion-MNIST idx files.")
+
+# Console script -> module, for running from a checkout whose scripts are not on PATH.
+COMMANDS = {
+    "distillery-extract": "pipelines.extract",
+    "distillery-train": "trainer.train",
+    "distillery-factorize": "compress.factorize_main",
+    "distillery-quantize": "compress.quantize_main",
+    "distillery-benchmark": "benchmark.main",
+}
+
+
+def command_line(name: str, args: Sequence[str]) -> list[str]:
+    """The console script next to this Python (the venv's), else `python -m module`."""
+    script = shutil.which(name, path=os.path.dirname(sys.executable))
+    return [script, *args] if script else [sys.executable, "-m", COMMANDS[name], *args]
+
+
+class Stages:
+    """Runs numbered stages, each a user command, and logs what they cost."""
+
+    def __init__(self, total: int):
+        self.total, self.number, self.start = total, 0, time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def banner(self, title: str) -> None:
+        self.number += 1
+        logging.info("=== stage %d/%d: %s (%.0f s so far) ===", self.number, self.total, title,
+                     time.perf_counter() - self.start)
+
+    def run(self, name: str, args: Sequence[str], label: str) -> None:
+        argv = command_line(name, args)
+        logging.info("$ %s", " ".join(argv))
+        began = time.perf_counter()
+        completed = subprocess.run(argv, check=False)
+        self.seconds[label] = round(time.perf_counter() - began, 1)
+        if completed.returncode != 0:
+            raise RuntimeError(f"stage {label!r} failed: {name} exited with {completed.returncode}")
+
+
+def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_data.FASHION_MNIST_DIR) -> dict:
+    """Runs every stage and returns the goals summary (also written into the report)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = lambda *parts: os.path.join(output_dir, *parts)  # noqa: E731
+    stages = Stages(total=7)
+
+    stages.banner("split Fashion-MNIST into labelled / unlabeled / test TFRecords")
+    splits = demo_data.write_splits(path("data"), cfg.labelled, cfg.unlabeled, cfg.test, idx_dir)
+    logging.info("images: %s", splits.counts)
+
+    stages.banner("train the teacher CNN on the labelled part")
+    from demo import teacher as demo_teacher  # pylint: disable=import-outside-toplevel  (TF start-up only here)
+    images, labels = demo_data.read_images(splits.labelled)
+    teacher = demo_teacher.train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed)
+    teacher.save(path("teacher.keras"))
+    test_images, test_labels = demo_data.read_images(splits.test)
+    teacher_top1 = float((teacher.predict(test_images.astype("float32"), batch_size=512, verbose=0).argmax(1)
+                          == test_labels).mean())
+    logging.info("teacher top-1 on the test set: %.4f", teacher_top1)
+
+    stages.banner("extract soft labels with the Beam job")
+    for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1)):
+        stages.run("distillery-extract", [
+            f"--source=tfrecord:{getattr(splits, part)}", f"--teacher={path('teacher.keras')}",
+            f"--output={path('soft', part)}", f"--dead_letter={path('soft', part + '-dead.jsonl')}",
+            f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
+            "--store_image_max_side=64"], label=f"extract {part}")
+
+    stages.banner("train students: hard labels, distilled, distilled + unlabeled")
+    labelled_glob, unlabeled_glob, test_glob = path("soft", "labelled-*"), path("soft", "unlabeled-*"), path("soft", "test-*")
+    students = {"hard": (labelled_glob, 1.0), "distilled": (labelled_glob, cfg.alpha),
+                "distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha)}
+    for name, (train_glob, alpha) in students.items():
+        stages.run("distillery-train", [
+            f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
+            f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
+            f"--temperature={cfg.temperature}", f"--steps={cfg.train_steps}", f"--batch_size={cfg.batch_size}",
+            f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=100"], label=f"train {name}")
+    summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
+    best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
+
+    stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning")
+    stages.run("distillery-factorize", [
+        f"--model={path('students', best, 'student.keras')}", f"--train={labelled_glob},{unlabeled_glob}",
+        f"--eval={test_glob}", f"--output={path('students', 'factorized.keras')}", f"--energy={cfg.factorize_energy}",
+        "--mode=layerwise", f"--steps_per_layer={cfg.factorize_steps}", f"--batch_size={cfg.batch_size}",
+        f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], label="factorize")
+
+    stages.banner("quantize every student to int8 (and the best one to float32)")
+    models = {name: path("students", name, "student.keras") for name in students}
+    models["factorized"] = path("students", "factorized.keras")
+    tflite = {}
+    for name, keras_path in models.items():
+        tflite[f"{name}_int8"] = path("tflite", f"{name}_int8.tflite")
+        stages.run("distillery-quantize", [
+            f"--model={keras_path}", f"--output={tflite[name + '_int8']}", "--mode=int8",
+            f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"], label=f"quantize {name}")
+    tflite[f"{best}_float32"] = path("tflite", f"{best}_float32.tflite")
+    stages.run("distillery-quantize", [f"--model={models[best]}", f"--output={tflite[best + '_float32']}",
+                                       "--mode=float32"], label=f"quantize {best} float32")
+
+    stages.banner("benchmark every model on the test set: top-1, latency, per-op profile, LPIRC score")
+    stages.run("distillery-benchmark", [*tflite.values(), f"--eval={test_glob}", "--num_threads=1",
+                                        f"--runs={cfg.benchmark_runs}", "--profile", f"--report_dir={output_dir}"],
+               label="benchmark")
+
+    summary = goals.check(path("report.json"), best=best, teacher_top1=teacher_top1, images=splits.counts,
+                          stage_seconds=stages.seconds)
+    goals.append_to_report(output_dir, summary)
+    logging.info("demo finished in %.0f s: %s", time.perf_counter() - stages.start, path("report.md"))
+    return summary
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run_demo(_OUTPUT_DIR.value, demo_config.PRESETS[_PRESET.value], _IDX_DIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
