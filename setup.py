@@ -23,6 +23,7 @@ CORE = [
     "pillow>=10,<14",
     "matplotlib>=3.8,<4",
     "psutil>=5.9,<8",
+    "pyyaml>=6,<7",  # distillery-submit renders Kubernetes manifests
 ]
 
 TEST = [
@@ -45,12 +46,19 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["distillery*", "pipelines*", "trainer*", "compress*", "benchmark*"]),
+    packages=setuptools.find_packages(include=["distillery*", "pipelines*", "trainer*", "compress*", "benchmark*", "cluster*", "demo*"]),
     install_requires=CORE,
     extras_require={"test": TEST},
     entry_points={
         "console_scripts": [
+            "distillery-extract=pipelines.extract:run_main",
             "distillery-inspect=pipelines.inspect_records:run_main",
+            "distillery-train=trainer.train:run_main",
+            "distillery-factorize=compress.factorize_main:run_main",
+            "distillery-quantize=compress.quantize_main:run_main",
+            "distillery-benchmark=benchmark.main:run_main",
+            "distillery-evaluate-beam=benchmark.accuracy_pipeline_main:run_main",
+            "distillery-submit=cluster.submit:run_main",
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Running Distillery on a cluster: Kubernetes manifests, Dataflow and Flink submission (docs/cluster.md)."""

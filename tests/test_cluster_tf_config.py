@@ -1,0 +1,127 @@
+"""The TF_CONFIG a rendered TFJob gives each replica, and two real processes training from it.
+
+The Kubeflow training operator's rule is reproduced in cluster/tf_config.py; here it is checked
+against a hand-written TF_CONFIG, then the chief's and the worker's TF_CONFIGs (service names
+swapped for 127.0.0.1 ports) drive two local `python -m trainer.train --strategy=multi_worker`
+processes with the TFJob container's own arguments, which must train as one 2-replica cluster.
+"""
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cluster import render, tf_config
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _train_tfjob(overlay="small", parameters=None):
+    (tfjob,) = [r for r in render.render(overlay, "train", parameters) if r["kind"] == "TFJob"]
+    return tfjob
+
+
+def test_tf_configs_match_the_operators_format():
+    configs = tf_config.tf_configs(_train_tfjob("small"), namespace="ml")
+    cluster = {
+        "chief": ["distillery-train-chief-0.ml.svc:2222"],
+        "worker": ["distillery-train-worker-0.ml.svc:2222"],
+    }
+    assert configs == [
+        {"cluster": cluster, "task": {"type": "chief", "index": 0}, "environment": "cloud"},
+        {"cluster": cluster, "task": {"type": "worker", "index": 0}, "environment": "cloud"},
+    ]
+    assert json.loads(tf_config.to_env(configs[1])) == configs[1]
+
+
+def test_large_overlay_and_workers_parameter_change_the_cluster():
+    large = tf_config.cluster_spec(_train_tfjob("large"))
+    assert len(large["chief"]) == 1 and len(large["worker"]) == 7
+    assert large["worker"][6] == "distillery-train-worker-6.default.svc:2222"
+    three = tf_config.tf_configs(_train_tfjob("small", {"workers": "3"}))
+    assert [c["task"] for c in three] == [{"type": "chief", "index": 0}] + [
+        {"type": "worker", "index": i} for i in range(3)]
+
+
+def test_port_comes_from_the_tfjob_port_and_evaluator_is_left_out():
+    tfjob = _train_tfjob("small")
+    tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 3333
+    tfjob["spec"]["tfReplicaSpecs"]["Evaluator"] = tfjob["spec"]["tfReplicaSpecs"]["Chief"]
+    spec = tf_config.cluster_spec(tfjob, "ns")
+    assert spec == {"chief": ["distillery-train-chief-0.ns.svc:2222"],
+                    "worker": ["distillery-train-worker-0.ns.svc:3333"]}
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _write_tiny_records(path, count, num_classes=4, seed=0):
+    """`count` soft-label records of 24x24 PNG images with made-up teacher logits (2 views, top-2)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from distillery import records, views
+
+    rng = np.random.default_rng(seed)
+    batch = []
+    for index in range(count):
+        image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        image_id = f"img{seed}-{index}"
+        crops, flips = views.sample_views(image_id, 0, 2, 24, 24)
+        full_logits = rng.normal(size=(2, num_classes)).astype(np.float32)
+        batch.append(records.make_record(image_id, index % num_classes, ["made_up"], crops, flips, full_logits, 2,
+                                         encoded_image=buffer.getvalue()))
+    records.write_records(str(path), batch)
+
+
+@pytest.mark.slow
+def test_tfjob_tf_configs_drive_the_trainers_multi_worker_path(tmp_path):
+    """`distillery-train --strategy=multi_worker` (python -m trainer.train) as the TFJob's chief and worker."""
+    _write_tiny_records(tmp_path / "train-00000-of-00001", 16)
+    _write_tiny_records(tmp_path / "eval-00000-of-00001", 8, seed=1)
+    tfjob = _train_tfjob("small")
+    configs = tf_config.tf_configs(tfjob)
+    addresses = configs[0]["cluster"]["chief"] + configs[0]["cluster"]["worker"]
+    local = dict(zip(addresses, (f"127.0.0.1:{port}" for port in _free_ports(len(addresses)))))
+    model_dir = tmp_path / "model"
+    # The container's own args, with the ConfigMap values a pod would expand, shrunk to a tiny run.
+    container = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    values = {"TRAIN_GLOB": str(tmp_path / "train-*"), "EVAL_GLOB": str(tmp_path / "eval-*"),
+              "STUDENT": "small_cnn", "WIDTH": "0.25", "IMAGE_SIZE": "32", "MODEL_DIR": str(model_dir)}
+    args = [re.sub(r"\$\((\w+)\)", lambda match: values[match.group(1)], arg) for arg in container["args"]]
+    assert "--strategy=multi_worker" in args
+    args += ["--steps=3", "--batch_size=8", "--checkpoint_every=0", "--log_every=1", "--shuffle_buffer=16"]
+    processes = []
+    for config in configs:
+        environment = dict(os.environ, TF_CONFIG=tf_config.to_env(tf_config.localize(config, local)),
+                           CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+        processes.append(subprocess.Popen([sys.executable, "-m", "trainer.train", *args], env=environment,
+                                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=400)
+        outputs.append(output)
+        assert process.returncode == 0, output[-4000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    # MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy.
+    assert summary["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    assert summary["replicas"] == 2  # one CPU replica in each of the two processes
+    assert summary["steps"] == 3 and summary["global_batch_size"] == 8
+    assert 0.0 <= summary["top1"] <= 1.0 and summary["eval_images"] == 8
+    assert (model_dir / "student.keras").is_file()
