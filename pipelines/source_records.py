@@ -1,0 +1,243 @@
+"""Image sources packed many to a file: tfrecord: and idx: (local or gs://, through Beam FileSystems).
+
+- `tfrecord:GLOB`: TFRecord files of tf.train.Example with `image/encoded` (bytes) and
+  `image/class/label` (int64, taken as stored; -1 when absent; note that TFRecords made by the
+  Inception/Model Garden ImageNet scripts store 1..1000, with 0 for "background"). Image id:
+  `image/source_id`, else `image/filename`, else '<file basename>:<record index>'. GZIP files
+  (.gz) are decompressed. One shard per file; with max_examples the files are counted in order and
+  the last shard stops at the cap. The TFRecord framing is read here (length, masked CRC32C) so
+  that gs:// goes through FileSystems like everything else (tf.io.gfile cannot reach an emulator).
+- `idx:DIR[:train|test]`: Fashion-MNIST / MNIST idx files ({train,t10k}-{images-idx3,labels-idx1}
+  -ubyte, optionally .gz); default split train. Image id '<split>/<index:05d>', label from the idx
+  labels, and the 28x28 grayscale image encoded losslessly as PNG so the rest of the pipeline sees
+  ordinary image files. Shards are index ranges.
+
+    python -m pipelines.sources idx:/usr/share/datasets/fashion-mnist:test 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import struct
+from typing import BinaryIO, Iterator
+
+import google_crc32c
+import numpy as np
+from PIL import Image
+
+from pipelines import file_io
+from pipelines.sources import (ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError,
+                               split_locations)
+
+_CRC_MASK_DELTA = 0xA282EAD8
+
+
+class TFRecordFormatError(IOError):
+    """A TFRecord file whose framing or checksums are wrong."""
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+def iterate_tfrecord(file: BinaryIO, verify: bool = True) -> Iterator[bytes]:
+    """Yields the records of a TFRecord stream: uint64 length, uint32 masked CRC of it, data, CRC.
+
+    Raises:
+      TFRecordFormatError: truncated file or checksum mismatch.
+    """
+    while True:
+        header = file.read(12)
+        if not header:
+            return
+        if len(header) != 12:
+            raise TFRecordFormatError("truncated record header")
+        length, length_crc = struct.unpack("<QI", header)
+        if verify and _masked_crc(header[:8]) != length_crc:
+            raise TFRecordFormatError("corrupt record length (CRC mismatch)")
+        data = file.read(length)
+        footer = file.read(4)
+        if len(data) != length or len(footer) != 4:
+            raise TFRecordFormatError("truncated record")
+        if verify and _masked_crc(data) != struct.unpack("<I", footer)[0]:
+            raise TFRecordFormatError("corrupt record data (CRC mismatch)")
+        yield data
+
+
+def count_tfrecord(path: str, stop_at: int | None = None) -> int:
+    """Number of records in a TFRecord file (reading stops once `stop_at` are counted)."""
+    count = 0
+    with file_io.open_file(path) as file:
+        for _ in iterate_tfrecord(file, verify=False):
+            count += 1
+            if stop_at is not None and count >= stop_at:
+                break
+    return count
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRecordShard:
+    """Records [0, stop) of one file (stop None: all)."""
+    path: str
+    stop: int | None = None
+
+
+def _feature_bytes(feature_map, key: str) -> bytes | None:
+    if key in feature_map and feature_map[key].bytes_list.value:
+        return feature_map[key].bytes_list.value[0]
+    return None
+
+
+class TFRecordSource(ImageSource):
+    """tfrecord:GLOB of tf.Example."""
+
+    def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
+        super().__init__(spec, max_examples, examples_per_shard)
+        self.pattern = argument
+        paths = file_io.match_files(argument)
+        if not paths:
+            raise FileNotFoundError(f"source {spec!r}: no TFRecord file matches {argument}")
+        self._shards = [TFRecordShard(path) for path in paths]
+        if max_examples:
+            self._shards = self._capped(paths, max_examples)
+
+    @staticmethod
+    def _capped(paths: list[str], max_examples: int) -> list[TFRecordShard]:
+        shards, remaining = [], max_examples
+        for path in paths:
+            count = count_tfrecord(path, stop_at=remaining)
+            if count:
+                shards.append(TFRecordShard(path, count))
+            remaining -= count
+            if remaining <= 0:
+                break
+        return shards
+
+    def shards(self) -> list[TFRecordShard]:
+        return list(self._shards)
+
+    def read_shard(self, shard: TFRecordShard) -> Iterator[SourceItem]:
+        basename = shard.path.rstrip("/").rsplit("/", 1)[-1]
+        index = -1
+        try:
+            with file_io.open_file(shard.path) as file:
+                for index, record in enumerate(iterate_tfrecord(file)):
+                    if shard.stop is not None and index >= shard.stop:
+                        return
+                    yield self._example(record, basename, index, shard.path)
+        except Exception as error:  # pylint: disable=broad-except  # the rest of the file is unreadable
+            position = f"{basename}:{index + 1}"
+            yield ReadFailure(position, shard.path,
+                              f"cannot read TFRecord after record {index}: {type(error).__name__}: {error}")
+
+    @staticmethod
+    def _example(record: bytes, basename: str, index: int, path: str) -> SourceItem:
+        from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+        fallback_id = f"{basename}:{index}"
+        origin = f"{path}[{index}]"
+        try:
+            feature_map = example_pb2.Example.FromString(record).features.feature
+        except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
+            return ReadFailure(fallback_id, origin, f"not a tf.Example: {error}")
+        identifier = _feature_bytes(feature_map, "image/source_id") or _feature_bytes(feature_map, "image/filename")
+        image_id = identifier.decode("utf-8", "replace") if identifier else fallback_id
+        encoded = _feature_bytes(feature_map, "image/encoded")
+        if encoded is None:
+            return ReadFailure(image_id, origin, "tf.Example has no image/encoded bytes")
+        label = -1
+        if "image/class/label" in feature_map and feature_map["image/class/label"].int64_list.value:
+            label = int(feature_map["image/class/label"].int64_list.value[0])
+        return SourceExample(image_id, encoded, label, origin)
+
+
+# ---------------------------------------------------------------------------------------------- idx
+
+IDX_PREFIXES = {"train": "train", "test": "t10k"}
+
+
+def _find_idx_file(directory: str, name: str) -> str | None:
+    for candidate in (f"{directory}/{name}.gz", f"{directory}/{name}"):
+        if file_io.exists(candidate):
+            return candidate
+    return None
+
+
+def _read_idx_header(file: BinaryIO, path: str) -> tuple[int, ...]:
+    magic = file.read(4)
+    if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] != 0x08:
+        raise SourceSpecError(f"{path} is not an idx file of unsigned bytes (magic {magic!r})")
+    dims = magic[3]
+    return struct.unpack(f">{dims}I", file.read(4 * dims))
+
+
+@functools.lru_cache(maxsize=4)
+def read_idx(path: str) -> np.ndarray:
+    """The uint8 array stored in an idx file (.gz decompressed); cached per process."""
+    with file_io.open_file(path) as file:
+        shape = _read_idx_header(file, path)
+        data = file.read()
+    expected = int(np.prod(shape))
+    if len(data) < expected:
+        raise IOError(f"{path}: truncated idx data ({len(data)} of {expected} bytes)")
+    return np.frombuffer(data[:expected], np.uint8).reshape(shape)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a [H, W] (grayscale) or [H, W, 3] uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxShard:
+    """Examples [start, stop) of one idx split."""
+    start: int
+    stop: int
+
+
+class IdxSource(ImageSource):
+    """idx:DIR[:train|test]."""
+
+    def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
+        super().__init__(spec, max_examples, examples_per_shard)
+        parts = split_locations(argument)
+        self.split = "train"
+        if len(parts) > 1 and parts[-1] in IDX_PREFIXES:
+            self.split = parts.pop()
+        elif len(parts) > 1:
+            raise SourceSpecError(f"source {spec!r}: split must be train or test, got {parts[-1]!r}")
+        directory = ":".join(parts).rstrip("/")
+        prefix = IDX_PREFIXES[self.split]
+        images = _find_idx_file(directory, f"{prefix}-images-idx3-ubyte")
+        labels = _find_idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+        if images is None or labels is None:
+            raise FileNotFoundError(f"source {spec!r}: {directory} lacks {prefix}-images-idx3-ubyte[.gz] "
+                                    f"or {prefix}-labels-idx1-ubyte[.gz]")
+        self.images_path, self.labels_path = images, labels
+        with file_io.open_file(images) as file:
+            image_shape = _read_idx_header(file, images)
+        with file_io.open_file(labels) as file:
+            label_shape = _read_idx_header(file, labels)
+        if len(image_shape) != 3 or len(label_shape) != 1 or image_shape[0] != label_shape[0]:
+            raise SourceSpecError(f"source {spec!r}: idx shapes {image_shape} (images) and {label_shape} "
+                                  "(labels) do not match")
+        self.num_examples = min(image_shape[0], max_examples) if max_examples else image_shape[0]
+
+    def shards(self) -> list[IdxShard]:
+        return [IdxShard(start, min(start + self.examples_per_shard, self.num_examples))
+                for start in range(0, self.num_examples, self.examples_per_shard)]
+
+    def read_shard(self, shard: IdxShard) -> Iterator[SourceItem]:
+        try:
+            images, labels = read_idx(self.images_path), read_idx(self.labels_path)
+        except Exception as error:  # pylint: disable=broad-except  # account for every index of the shard
+            for index in range(shard.start, shard.stop):
+                yield ReadFailure(f"{self.split}/{index:05d}", self.images_path, f"cannot read idx file: {error}")
+            return
+        for index in range(shard.start, shard.stop):
+            yield SourceExample(f"{self.split}/{index:05d}", encode_png(images[index]), int(labels[index]),
+                                f"{self.images_path}[{index}]")
