@@ -77,7 +77,16 @@ def open_file(path: str, decompress: bool = True) -> BinaryIO:
     return FileSystems.open(path, mime_type="application/octet-stream", compression_type=compression)
 
 
+def read_to_end(file: BinaryIO) -> bytes:
+    """Everything left in `file`. Beam's CompressedFile.read() without a size returns one buffer
+    (16 MiB), not the whole stream, so read in chunks until the stream is exhausted."""
+    chunks = []
+    while chunk := file.read(1 << 24):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_bytes(path: str) -> bytes:
     """The exact bytes of a file (no decompression)."""
     with open_file(path, decompress=False) as file:
-        return file.read()
+        return read_to_end(file)

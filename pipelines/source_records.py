@@ -178,7 +178,7 @@ def read_idx(path: str) -> np.ndarray:
     """The uint8 array stored in an idx file (.gz decompressed); cached per process."""
     with file_io.open_file(path) as file:
         shape = _read_idx_header(file, path)
-        data = file.read()
+        data = file_io.read_to_end(file)
     expected = int(np.prod(shape))
     if len(data) < expected:
         raise IOError(f"{path}: truncated idx data ({len(data)} of {expected} bytes)")

@@ -140,3 +140,19 @@ def test_idx_reads_real_fashion_mnist():
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(item.encoded))), images[index])
     train = open_source(f"idx:{FASHION_MNIST_DIR}", max_examples=2)
     assert [item.image_id for item in iterate_source(train)] == ["train/00000", "train/00001"]
+
+
+def test_idx_reads_the_whole_real_training_split():
+    # The training images are 47 MB once decompressed: more than one buffer of Beam's CompressedFile,
+    # whose read() without a size stops after 16 MiB (a truncation this test caught).
+    path = os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
+    if not os.path.exists(path):
+        pytest.skip(f"Fashion-MNIST idx files not in {FASHION_MNIST_DIR} (Debian package dataset-fashion-mnist)")
+    with gzip.open(path) as file:
+        last_image = np.frombuffer(file.read()[16:], np.uint8).reshape(-1, 28, 28)[-1]
+    source = open_source(f"idx:{FASHION_MNIST_DIR}:train", examples_per_shard=1000)
+    shards = source.shards()
+    assert len(shards) == 60
+    items = list(source.read_shard(shards[-1]))
+    assert len(items) == 1000 and items[-1].image_id == "train/59999"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(items[-1].encoded))), last_image)
