@@ -1,0 +1,142 @@
+"""Accuracy of a .tflite classifier on soft-label records: top-1/top-5 and teacher agreement.
+
+Each record's stored image is decoded and its view 0 cropped to the model's input size by
+`distillery.views.crop_view` (the centre crop when the extraction stored one view) — the same
+function extraction and training use, so the benchmark sees the pixels the teacher saw. Records with
+a hard label (label >= 0) count towards top-1 and top-5; every record counts towards agreement with
+the teacher's top-1 class of view 0 (the only accuracy an unlabeled set such as Open Images has).
+The invoke time of every image is summed: that is the runtime of the LPIRC score.
+
+For large evaluation sets `benchmark.accuracy_pipeline` runs the same per-record code in Beam.
+
+    python -m benchmark.accuracy /tmp/student_int8.tflite 'runs/demo/soft_labels/eval-*'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from benchmark import tflite_model
+from compress import quantize
+from distillery import images as images_module
+from distillery import records
+
+
+@dataclasses.dataclass
+class EvalCounts:
+    """Counts that add up across shards and workers.
+
+    Attributes:
+      images: records evaluated (T of the LPIRC score).
+      labelled: records with a hard label.
+      top1_correct, top5_correct: among the labelled.
+      teacher_agree: records whose predicted class is the teacher's top-1 class of view 0.
+      runtime_ms: summed invoke time of all images.
+      undecodable: records skipped because the image did not decode.
+    """
+
+    images: int = 0
+    labelled: int = 0
+    top1_correct: int = 0
+    top5_correct: int = 0
+    teacher_agree: int = 0
+    runtime_ms: float = 0.0
+    undecodable: int = 0
+
+    def __add__(self, other: "EvalCounts") -> "EvalCounts":
+        return EvalCounts(*(getattr(self, field.name) + getattr(other, field.name)
+                            for field in dataclasses.fields(self)))
+
+    @property
+    def top1(self) -> float | None:
+        return self.top1_correct / self.labelled if self.labelled else None
+
+    @property
+    def top5(self) -> float | None:
+        return self.top5_correct / self.labelled if self.labelled else None
+
+    @property
+    def teacher_agreement(self) -> float | None:
+        return self.teacher_agree / self.images if self.images else None
+
+    @property
+    def accuracy(self) -> float | None:
+        """The accuracy the score uses: top-1 on labels, else agreement with the teacher."""
+        return self.top1 if self.labelled else self.teacher_agreement
+
+
+def teacher_top1(record: records.SoftLabelRecord) -> int:
+    """The teacher's top-1 class of view 0 (stored classes are best first; full logits in class order)."""
+    return int(record.class_ids[0][int(np.argmax(record.logits[0]))])
+
+
+def check_compatible(classifier: tflite_model.Classifier, spec: records.RecordSpec, records_name: str) -> None:
+    """Raises ModelFileError naming the model and the records when their classes or channels differ."""
+    if classifier.num_classes != spec.num_classes:
+        raise tflite_model.ModelFileError(
+            f"{classifier.name}: outputs {classifier.num_classes} classes but the records {records_name} "
+            f"hold {spec.num_classes} classes")
+    if classifier.channels not in (1, 3):
+        raise tflite_model.ModelFileError(
+            f"{classifier.name}: input has {classifier.channels} channels; the records {records_name} hold RGB images")
+
+
+def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelRecord,
+                 clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
+    """The counts of one record (one image, view 0)."""
+    try:
+        pixels = quantize.record_view(record, classifier.input_size, classifier.channels)
+    except images_module.ImageDecodeError as error:
+        logging.warning("record %s: image skipped: %s", record.image_id, error)
+        return EvalCounts(undecodable=1)
+    scores, elapsed_ms = classifier.predict(pixels, clock)
+    top5 = np.argsort(-scores, kind="stable")[:5]
+    counts = EvalCounts(images=1, runtime_ms=elapsed_ms, teacher_agree=int(top5[0] == teacher_top1(record)))
+    if record.label >= 0:
+        counts.labelled = 1
+        counts.top1_correct = int(top5[0] == record.label)
+        counts.top5_correct = int(record.label in top5)
+    return counts
+
+
+def evaluate_records(classifier: tflite_model.Classifier, items: Iterable[records.SoftLabelRecord],
+                     clock: Callable[[], float] = time.perf_counter, log_every: int = 500) -> EvalCounts:
+    """Sums `score_record` over records, logging images/s every `log_every` images."""
+    total, start = EvalCounts(), time.perf_counter()
+    for count, record in enumerate(items, 1):
+        total = total + score_record(classifier, record, clock)
+        if log_every and count % log_every == 0:
+            logging.info("%s: %d images, %.1f images/s", classifier.name, count,
+                         count / max(time.perf_counter() - start, 1e-9))
+    return total
+
+
+def evaluate(model_path: str, pattern: str, limit: int | None = None, num_threads: int = 1,
+             clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
+    """Top-1/top-5/teacher agreement of the .tflite file at `model_path` on the records of `pattern`.
+
+    Raises:
+      ModelFileError: naming the model when it is not TFLite or does not fit the records.
+      FileNotFoundError, records.RecordError: naming the records.
+    """
+    classifier = tflite_model.Classifier.from_file(model_path, num_threads)
+    check_compatible(classifier, records.read_spec(pattern), pattern)
+    return evaluate_records(classifier, records.read_records(pattern, limit=limit), clock)
+
+
+def main(argv: Sequence[str]) -> None:
+    """`python -m benchmark.accuracy MODEL.tflite GLOB`."""
+    logging.basicConfig(level=logging.INFO)
+    counts = evaluate(argv[1], argv[2])
+    print(f"{argv[1]}: {counts.images} images, top-1 {counts.top1}, top-5 {counts.top5}, "
+          f"teacher agreement {counts.teacher_agreement}, runtime {counts.runtime_ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

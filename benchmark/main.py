@@ -1,0 +1,106 @@
+"""`distillery-benchmark`: latency, per-op profile, accuracy and LPIRC score of .tflite models.
+
+Every model is checked first (a corrupt or non-TFLite file, or a model whose classes or input do
+not fit the records, stops the run with an error naming the file). Then per model: single-image
+latency through ai-edge-litert (one thread by default, warm-up runs, N timed runs, min/median/p90),
+optionally the per-op profile (`--profile`), and with `--eval` top-1/top-5 (labelled records),
+teacher agreement and the LPIRC score. `--eval_runner=beam` evaluates with the Beam job of
+`benchmark.accuracy_pipeline` (Beam options after `--`). Writes DIR/report.json, report.md, PNGs.
+
+    distillery-benchmark /tmp/student_float32.tflite /tmp/student_int8.tflite \
+        --eval='runs/demo/soft_labels/eval-*' --profile --report_dir=/tmp/report
+    python -m benchmark.main MODEL.tflite --runs=200 --cpu=0 --report_dir=/tmp/report
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from benchmark import accuracy
+from benchmark import accuracy_pipeline
+from benchmark import latency
+from benchmark import op_profile
+from benchmark import report
+from benchmark import tflite_model
+from distillery import records
+
+_EVAL = flags.DEFINE_string("eval", None, "Glob of soft-label records to evaluate on (view 0 of each).")
+_EVAL_LIMIT = flags.DEFINE_integer("eval_limit", None, "Evaluate at most this many records.")
+_EVAL_RUNNER = flags.DEFINE_enum("eval_runner", "local", ["local", "beam"],
+                                 "local: in this process; beam: the Beam job (options after --).")
+_NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads (1 = a phone's single big core).")
+_WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed runs before timing.")
+_RUNS = flags.DEFINE_integer("runs", 100, "Timed runs per model.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also time every op as a single-op model.")
+_PROFILE_RUNS = flags.DEFINE_integer("profile_runs", 50, "Timed runs per single-op model.")
+_CPU = flags.DEFINE_integer("cpu", None, "Pin the process to this CPU while timing (Linux).")
+_REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.json, report.md and the PNGs go.")
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Beam options, comma-separated.")
+
+flags.mark_flag_as_required("report_dir")
+
+
+def _check_inputs(paths: list[str]) -> dict[str, tflite_model.Classifier]:
+    """Reads and checks every model (and its fit to the records) before any timing starts."""
+    classifiers = {path: tflite_model.Classifier.from_file(path, _NUM_THREADS.value) for path in paths}
+    if _EVAL.value:
+        spec = records.read_spec(_EVAL.value)
+        for classifier in classifiers.values():
+            accuracy.check_compatible(classifier, spec, _EVAL.value)
+    return classifiers
+
+
+def main(argv: list[str]) -> None:
+    paths = [arg for arg in argv[1:] if arg.endswith(".tflite") or not arg.startswith("-")]
+    beam_args = [arg for arg in argv[1:] if arg not in paths]
+    beam_args += [option for option in _BEAM_PIPELINE_OPTIONS.value.split(",") if option]
+    if not paths:
+        raise app.UsageError("give at least one MODEL.tflite")
+    try:
+        classifiers = _check_inputs(paths)
+    except (tflite_model.ModelFileError, records.RecordError, FileNotFoundError) as error:
+        print(f"distillery-benchmark: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    entries, profiles = [], {}
+    if _EVAL_RUNNER.value == "beam" and "://" not in _REPORT_DIR.value:
+        os.makedirs(_REPORT_DIR.value, exist_ok=True)
+    for path, classifier in classifiers.items():
+        content = tflite_model.read_tflite(path)
+        with latency.pinned_to_cpu(_CPU.value):
+            stats = latency.interpreter_latency(content, _NUM_THREADS.value, _WARMUP.value, _RUNS.value, name=path)
+            print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
+                  f"({stats.runs} runs, {_NUM_THREADS.value} thread(s))")
+            profile = None
+            if _PROFILE.value:
+                profile = op_profile.profile_ops(content, _NUM_THREADS.value, runs=_PROFILE_RUNS.value, name=path)
+                profiles[path] = profile
+                print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
+                      f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
+            counts = None
+            if _EVAL.value:
+                if _EVAL_RUNNER.value == "beam":
+                    counts = accuracy_pipeline.run(
+                        path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
+                        output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
+                else:
+                    counts = accuracy.evaluate_records(classifier, records.read_records(_EVAL.value, _EVAL_LIMIT.value))
+                print(f"{path}: {counts.images} images, top-1 {counts.top1}, top-5 {counts.top5}, "
+                      f"teacher agreement {counts.teacher_agreement}")
+        entries.append(report.model_entry(path, len(content), stats, _NUM_THREADS.value, profile, counts))
+    written = report.write_report(entries, _REPORT_DIR.value, profiles)
+    for what, path in written.items():
+        print(f"wrote {what}: {path}")
+
+
+def run_main() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

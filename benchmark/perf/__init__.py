@@ -1,0 +1,1 @@
+"""Performance benchmarks of the jobs (each a runnable module with a --quick smoke flag)."""

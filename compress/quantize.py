@@ -1,0 +1,272 @@
+"""TFLite conversion of a student: float32, float16, dynamic-range or full-integer int8.
+
+A Distillery student is a Keras 3 functional model whose first layers do its own preprocessing, so
+its input is raw RGB pixels 0..255. This module converts it the way a phone runs it:
+
+- from a fixed batch-1 signature `[1, S, S, C]` (a dynamic batch adds SHAPE / STRIDED_SLICE / PACK
+  ops to the graph, DESIGN.md decision 2), exported through `keras.export.ExportArchive` (handing a
+  Keras 3 model's concrete function straight to the converter leaves its variables as
+  READ_VARIABLE ops, which the int8 calibrator cannot run);
+- a mixed-precision model (`mixed_float16` / `mixed_bfloat16` policy) is rebuilt in float32 first
+  (a clone under the float32 policy that receives the same weights);
+- `int8` is full-integer quantization: every kernel and activation int8, and the model's input and
+  output uint8 (default) or int8. The calibration images are views of soft-label records (view 0,
+  cropped by `distillery.views.crop_view`, the same function extraction and training use). The first
+  calibration image gets one 0 pixel and one 255 pixel, which pins the calibrated input range to
+  exactly 0..255: the uint8 input then has scale 1 and zero point 0 (int8: scale 1, zero point
+  -128), so a phone feeds raw camera pixels with no arithmetic.
+
+    distillery-quantize --model=runs/demo/student/student.keras --output=/tmp/student_int8.tflite \
+        --mode=int8 --calibration='runs/demo/soft_labels/train-*' --calibration_steps=100
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import time
+from typing import Callable, Iterable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from distillery import images as images_module
+from distillery import records
+from distillery import views
+
+MODES = ("float32", "float16", "dynamic", "int8")
+IO_TYPES = ("uint8", "int8")
+
+
+class QuantizeError(ValueError):
+    """A model or calibration input that cannot be converted; the message names the file or flag."""
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a student from a .keras file (Keras 3) or a SavedModel directory.
+
+    Raises:
+      QuantizeError: naming `path` when it is missing or not a model.
+    """
+    if not tf.io.gfile.exists(path):
+        raise QuantizeError(f"--model: {path} does not exist")
+    try:
+        if tf.io.gfile.isdir(path):
+            return _wrap_saved_model(path)
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a file that is not a model
+        raise QuantizeError(f"--model: {path} is not a loadable Keras model: {error}") from None
+
+
+def _wrap_saved_model(path: str) -> keras.Model:
+    """A functional Keras model around a SavedModel's serving_default signature (one image input)."""
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or specs[0].shape.rank != 4:
+        raise ValueError(f"serving_default must take one [batch, H, W, C] image tensor, takes {specs}")
+    inputs = keras.Input(tuple(specs[0].shape[1:]), name="images")
+    outputs = keras.layers.TFSMLayer(path, call_endpoint="serving_default")(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ValueError(f"serving_default must return one logits tensor, returns {sorted(outputs)}")
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs)
+
+
+def is_mixed_precision(model: keras.Model) -> bool:
+    """True when any layer computes in a dtype other than its float32 variables (mixed policy)."""
+    for layer in model.layers if hasattr(model, "layers") else []:
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and policy.compute_dtype != policy.variable_dtype:
+            return True
+    return False
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """The model itself, or for a mixed-precision model a float32 clone with the same weights."""
+    if not is_mixed_precision(model):
+        return model
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def input_shape_of(model) -> tuple[int, int, int]:
+    """(height, width, channels) of a single-input image model; raises QuantizeError otherwise."""
+    shape = None
+    if hasattr(model, "inputs") and model.inputs:
+        if len(model.inputs) != 1:
+            raise QuantizeError(f"a student has one image input; this model has {len(model.inputs)}")
+        shape = tuple(model.inputs[0].shape)
+    if shape is None or len(shape) != 4 or any(side is None for side in shape[1:]):
+        raise QuantizeError(
+            f"the model's input must be [batch, height, width, channels] with a fixed size, got {shape}")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
+def calibration_images(pattern: str, size: tuple[int, int], steps: int, channels: int = 3) -> list[np.ndarray]:
+    """Up to `steps` calibration inputs [1, H, W, C] float32 0..255 from soft-label records.
+
+    Each is view 0 of a record (the centre crop when the extraction stored one view) through
+    `views.crop_view`, exactly what the student saw in training. Records are read through
+    `distillery.records`; an image that is not stored inline is read from its `image/path`.
+
+    Raises:
+      QuantizeError: when no record matches, a record cannot be read, or no image decodes.
+    """
+    if steps < 1:
+        raise QuantizeError(f"--calibration_steps must be >= 1, got {steps}")
+    batch: list[np.ndarray] = []
+    try:
+        for record in records.read_records(pattern, limit=steps):
+            pixels = record_view(record, size, channels)
+            batch.append(pixels[None])
+    except (FileNotFoundError, records.RecordError) as error:
+        raise QuantizeError(f"--calibration: {error}") from None
+    if not batch:
+        raise QuantizeError(f"--calibration: {pattern} holds no records")
+    return batch
+
+
+def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """View 0 of a record's image as [H, W, C] float32 pixels 0..255 (shared with the benchmark).
+
+    Raises:
+      images.ImageDecodeError: when the stored image does not decode (the message says why).
+    """
+    encoded = record.encoded_image
+    if not encoded and record.image_path:
+        with tf.io.gfile.GFile(record.image_path, "rb") as handle:
+            encoded = handle.read()
+    rgb = images_module.decode_rgb(encoded)
+    pixels = _view_function(tuple(size))(rgb, record.crops[0].astype(np.float32), bool(record.flips[0])).numpy()
+    if channels == 1:
+        # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
+        pixels = tf.image.rgb_to_grayscale(pixels).numpy()
+    elif channels != 3:
+        raise QuantizeError(f"models with {channels} input channels are not supported (1 or 3)")
+    return pixels.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _view_function(size: tuple[int, int]):
+    """`views.crop_view` at one output size as a tf.function: one graph call instead of ~10 eager ops."""
+    return tf.function(lambda image, crop, flip: views.crop_view(image, crop, flip, size), input_signature=[
+        tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)])
+
+
+def _pin_input_range(images: list[np.ndarray]) -> list[np.ndarray]:
+    first = images[0].copy()
+    first[0, 0, 0, :] = 0.0
+    first[0, 0, -1, :] = 255.0
+    return [first] + list(images[1:])
+
+
+def _export_batch_one(model, export_dir: str) -> None:
+    height, width, channels = input_shape_of(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec([1, height, width, channels], tf.float32, name="images")])
+    archive.write_out(export_dir, verbose=False)
+
+
+def convert(model: keras.Model, mode: str, calibration_images: Iterable[np.ndarray] | None = None,
+            io_type: str = "uint8") -> bytes:
+    """Converts a student to a .tflite flatbuffer with a fixed batch of 1.
+
+    Args:
+      model: Keras 3 functional model, input [None or 1, H, W, C] raw pixels 0..255.
+      mode: "float32" (no optimization), "float16" (weights stored as float16), "dynamic"
+        (int8 weights, float activations) or "int8" (full integer, calibrated).
+      calibration_images: for "int8": [1, H, W, C] float32 arrays (`calibration_images()`).
+      io_type: for "int8": dtype of the model's input and output, "uint8" or "int8".
+
+    Returns:
+      The .tflite model bytes.
+
+    Raises:
+      QuantizeError: unknown mode or io_type, or int8 without calibration images.
+    """
+    if mode not in MODES:
+        raise QuantizeError(f"--mode must be one of {MODES}, got {mode!r}")
+    if io_type not in IO_TYPES:
+        raise QuantizeError(f"--io_type must be one of {IO_TYPES}, got {io_type!r}")
+    calibration = list(calibration_images) if calibration_images is not None else []
+    if mode == "int8" and not calibration:
+        raise QuantizeError("--mode=int8 needs calibration images (--calibration=GLOB)")
+    model = as_float32(model)
+    with tempfile.TemporaryDirectory(prefix="distillery_export_") as export_dir:
+        _export_batch_one(model, export_dir)
+        converter = tf.lite.TFLiteConverter.from_saved_model(export_dir)
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if mode == "int8":
+            pinned = _pin_input_range(calibration)
+            converter.representative_dataset = lambda: ([image] for image in pinned)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
+            converter.inference_output_type = converter.inference_input_type
+        start = time.perf_counter()
+        flatbuffer = converter.convert()
+        logging.info("converted to %s in %.1f s: %d bytes", mode, time.perf_counter() - start, len(flatbuffer))
+    return flatbuffer
+
+
+def quantize_file(model_path: str, output_path: str, mode: str, calibration: str | None = None,
+                  calibration_steps: int = 100, io_type: str = "uint8",
+                  log: Callable[[str], None] = print) -> int:
+    """The whole `distillery-quantize` job: load, (calibrate), convert, write. Returns the size in bytes.
+
+    Raises:
+      QuantizeError: naming the flag or file at fault, before the conversion starts.
+    """
+    if mode not in MODES:
+        raise QuantizeError(f"--mode must be one of {MODES}, got {mode!r}")
+    if mode == "int8" and not calibration:
+        raise QuantizeError("--mode=int8 needs --calibration=GLOB (soft-label records)")
+    output_dir = os.path.dirname(output_path)
+    if output_dir and "://" not in output_path:
+        os.makedirs(output_dir, exist_ok=True)
+    model = load_model(model_path)
+    height, width, channels = input_shape_of(model)
+    calibration_batch = None
+    if mode == "int8":
+        start = time.perf_counter()
+        calibration_batch = calibration_images(calibration, (height, width), calibration_steps, channels)
+        elapsed = time.perf_counter() - start
+        log(f"calibration: {len(calibration_batch)} images from {calibration} "
+            f"({len(calibration_batch) / max(elapsed, 1e-9):.1f} images/s)")
+    if is_mixed_precision(model):
+        log("mixed-precision model: rebuilt in float32 before conversion")
+    flatbuffer = convert(model, mode, calibration_batch, io_type)
+    with tf.io.gfile.GFile(output_path, "wb") as handle:
+        handle.write(flatbuffer)
+    log(f"wrote {output_path}: {mode}, {len(flatbuffer)} bytes, input [1, {height}, {width}, {channels}]")
+    return len(flatbuffer)
+
+
+def iterate_flatbuffer_tensor_types(flatbuffer: bytes) -> Iterator[tuple[str, str, str]]:
+    """(op name, role 'input<i>'/'output<i>', tensor type name) for every op tensor of subgraph 0."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    subgraph = model.subgraphs[0]
+    for operator in subgraph.operators:
+        op_name = flatbuffer_utils.opcode_to_name(model, operator.opcodeIndex)
+        for role, indices in (("input", operator.inputs), ("output", operator.outputs)):
+            for position, index in enumerate(indices):
+                if index >= 0:
+                    yield op_name, f"{role}{position}", flatbuffer_utils.type_to_name(subgraph.tensors[index].type)
