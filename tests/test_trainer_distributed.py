@@ -1,0 +1,167 @@
+"""tf.distribute: MirroredStrategy over two logical CPU devices, MultiWorkerMirroredStrategy over two processes.
+
+Each run happens in its own process (tests/trainer_subprocess_main.py): the CPU can only be split into
+logical devices before TensorFlow initializes, and each worker of a cluster is a process.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import trainer_fixtures as fixtures
+
+HELPER = os.path.join(os.path.dirname(__file__), "trainer_subprocess_main.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    env.update(extra)
+    return env
+
+
+def _config(record_glob, model_dir, **overrides):
+    config = dict(train_pattern=record_glob, model_dir=model_dir, student="small_cnn", width=0.25, image_size=32,
+                  batch_size=8, steps=6, learning_rate=0.1, checkpoint_every=0, log_every=3, temperature=2.0,
+                  shuffle_buffer=16)
+    config.update(overrides)
+    return config
+
+
+def _weights(path):
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+
+@pytest.fixture(scope="module")
+def record_glob(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("records"))
+    return fixtures.write_tiny_records(directory, fixtures.tiny_teacher_model(), num_files=2, per_file=8,
+                                       num_views=2, top_k=3, unlabeled_every=5)
+
+
+@pytest.mark.slow
+def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, tmp_path):
+    request = {"mode": "mirrored", "config": _config(record_glob, str(tmp_path / "run")),
+               "weights_out": str(tmp_path / "weights.npz")}
+    result = subprocess.run([sys.executable, HELPER, json.dumps(request)], env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    weights = _weights(request["weights_out"])
+    one, two = weights[: len(weights) // 2], weights[len(weights) // 2:]
+    for first, second in zip(one, two):
+        np.testing.assert_allclose(first, second, rtol=1e-4, atol=1e-5)
+    summaries = [json.load(open(tmp_path / f"run-{name}" / "summary.json")) for name in ("one", "two")]
+    assert [s["replicas"] for s in summaries] == [1, 2]
+    assert summaries[0]["steps"] == summaries[1]["steps"] == 6
+    # and training did move the weights (same seed, so both started from the same initialization)
+    assert any(np.abs(w).sum() > 0 for w in one)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_processes_finish_with_identical_weights(record_glob, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    model_dir = str(tmp_path / "run")
+    processes = []
+    for index in range(2):
+        request = {"mode": "multi_worker", "config": _config(record_glob, model_dir, checkpoint_every=3,
+                                                              eval_pattern=record_glob),
+                   "weights_out": str(tmp_path / f"weights-{index}.npz")}
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen([sys.executable, HELPER, json.dumps(request)], env=_env(TF_CONFIG=tf_config),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=300)[0])
+        finally:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-4000:]
+    chief, worker = _weights(tmp_path / "weights-0.npz"), _weights(tmp_path / "weights-1.npz")
+    for first, second in zip(chief, worker):
+        np.testing.assert_array_equal(first, second)
+    # The chief wrote the outputs and checkpoints; the worker's temporary directory is gone.
+    summary = json.load(open(os.path.join(model_dir, "summary.json")))
+    assert summary["replicas"] == 2 and summary["steps"] == 6 and summary["strategy"] == "MultiWorkerMirroredStrategy"
+    assert summary["eval_images"] == 12  # 16 records, 4 of them unlabeled (every 5th index)
+    assert os.path.exists(os.path.join(model_dir, "student.keras"))
+    assert sorted(name for name in os.listdir(os.path.join(model_dir, "checkpoints")) if name.endswith(".index")) == [
+        "ckpt-3.index", "ckpt-6.index"]
+    import keras  # the saved student holds the trained weights
+
+    saved = keras.saving.load_model(os.path.join(model_dir, "student.keras"))
+    for first, second in zip(saved.get_weights(), chief):
+        np.testing.assert_array_equal(first, second)
+
+
+def _start_workers(record_glob, model_dir, tmp_path, ports, sleep, tag):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        request = {"mode": "multi_worker", "sleep": sleep,
+                   "config": _config(record_glob, model_dir, steps=24, checkpoint_every=0, log_every=4),
+                   "weights_out": str(tmp_path / f"{tag}-{index}.npz")}
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen([sys.executable, HELPER, json.dumps(request)], env=_env(TF_CONFIG=tf_config),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+def _finish(processes, timeout=300):
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=timeout)[0])
+        finally:
+            process.kill()
+    return outputs
+
+
+@pytest.mark.slow
+def test_preempted_worker_makes_both_save_at_the_same_step_and_the_rerun_resumes(record_glob, tmp_path):
+    """SIGTERM to one worker (what a pod eviction sends): all workers checkpoint at one step, exit 42, resume."""
+    import tensorflow as tf
+
+    model_dir = str(tmp_path / "run")
+    processes = _start_workers(record_glob, model_dir, tmp_path, _free_ports(2), 0.2, "first")
+    log_seen = os.path.join(model_dir, "logs", "train")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.isdir(log_seen) and os.listdir(log_seen)):
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few steps in
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = _finish(processes)
+    assert [p.returncode for p in processes] == [42, 42], outputs[1][-3000:]
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert latest, outputs[0][-3000:]
+    preempted_at = int(latest.rsplit("-", 1)[1])
+    assert 0 < preempted_at < 24 and not os.path.exists(os.path.join(model_dir, "summary.json"))
+
+    processes = _start_workers(record_glob, model_dir, tmp_path, _free_ports(2), 0.0, "second")
+    outputs = _finish(processes)
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:]
+    summary = json.load(open(os.path.join(model_dir, "summary.json")))
+    assert summary["resumed_from_step"] == preempted_at and summary["steps"] == 24
+    assert summary["optimizer_iterations"] == 24
+    for first, second in zip(_weights(tmp_path / "second-0.npz"), _weights(tmp_path / "second-1.npz")):
+        np.testing.assert_array_equal(first, second)
