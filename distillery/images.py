@@ -40,7 +40,9 @@ def decode_rgb(encoded: bytes, min_side: int | None = None) -> np.ndarray:
         raise ImageDecodeError("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns on the header's size (> 89M pixels, e.g. a 12000x9000 photo) before draft mode can
+            # reduce it; the size that costs memory is the one after draft, checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(encoded))
             if min_side and image.format == "JPEG":
                 width, height = image.size

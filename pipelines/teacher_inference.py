@@ -1,0 +1,196 @@
+"""Running the teacher(s) inside Beam: one model per worker process, called on batches of views.
+
+Why a DoFn with Beam's `Shared` handle and not RunInference:
+
+- RunInference's TensorFlow handlers (`apache_beam.ml.inference.tensorflow_inference`) import
+  tensorflow_hub and load models with `tf.keras.models.load_model`, which cannot load a Keras 3
+  SavedModel (DESIGN.md decision 6); a custom ModelHandler would be needed in any case.
+- Our unit of batching is the *view*, not the element: an image carries V views, a batch stacks the
+  views of several images, and the logits are split back per image. With `BatchElements(
+  element_size_fn=views)` in front of a DoFn that is explicit; RunInference batches elements and would
+  need a KeyedModelHandler to carry the per-image metadata (id, label, crops, stored image) through.
+- A batch may hold an image whose logits come out non-finite; that image becomes a dead letter while
+  the rest of the batch is written. A DoFn over the batch does this in a few lines.
+- `Shared` holds exactly one loaded teacher per worker process, across the DoFn instances that
+  Dataflow runs in several threads of one process, and across bundles. The launcher acquires the same
+  handle first (to check the specs and learn the input size before any heavy work), so a local
+  in-process FnApiRunner run loads the model once in total.
+
+    python -c "from apache_beam.utils import shared; from pipelines import teacher_inference as t; \
+print(t.load_shared_teacher(t.TeacherLoader(('builtin:mobilenet_v2_imagenet',)), shared.Shared())[1])"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from absl import logging
+from apache_beam.utils import shared
+
+METRICS_NAMESPACE = "distillery.extract"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherLoader:
+    """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits)."""
+
+    specs: tuple[str, ...]
+
+    def __call__(self):
+        from distillery import teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
+
+        return teachers.load_teachers(list(self.specs))
+
+    @property
+    def tag(self) -> str:
+        return "teachers:" + "|".join(self.specs)
+
+
+class _Holder:
+    """Shared needs a weak-referenceable object; a Teacher is one, but fakes and tuples may not be."""
+
+    def __init__(self, teacher: Any):
+        self.teacher = teacher
+
+
+def load_shared_teacher(loader: Callable[[], Any], handle: shared.Shared, tag: str | None = None) -> tuple[Any, Any]:
+    """The process-wide teacher of `handle`, loading it on first use.
+
+    Returns:
+      (holder, teacher): keep `holder` referenced as long as the teacher is in use (Shared keeps the
+      object alive only while someone holds it).
+    """
+    tag = tag if tag is not None else getattr(loader, "tag", repr(loader))
+    holder = handle.acquire(lambda: _Holder(loader()), tag=tag)
+    return holder, holder.teacher
+
+
+@dataclasses.dataclass
+class ViewedImage:
+    """One decoded image with the views the teacher will see.
+
+    Attributes:
+      image_id, label, origin: from the source (origin = where the image came from).
+      crops: [V, 4] float32 boxes on the record grid; flips: [V] bool.
+      pixels: [V, H, W, 3] float32 views in 0..255 (dropped after the teacher ran).
+      encoded_image: the bounded re-encoding to store, or b"".
+    """
+
+    image_id: str
+    label: int
+    origin: str
+    crops: np.ndarray
+    flips: np.ndarray
+    pixels: np.ndarray | None
+    encoded_image: bytes = b""
+
+
+class Progress:
+    """Per-process progress: a log line every `every` images with the images/s since the first batch."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.images = 0
+        self.views = 0
+        self.batches = 0
+        self._start = None
+        self._next_log = None
+
+    def start(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """Marks the start of the first batch of this process (the rate counts from here)."""
+        with self._lock:
+            if self._start is None:
+                self._start = clock()
+
+    def add(self, images: int, views: int, every: int, clock: Callable[[], float] = time.monotonic) -> str | None:
+        """Counts a finished batch; returns the progress line when another `every` images are done."""
+        with self._lock:
+            now = clock()
+            if self._start is None:
+                self._start = now
+            if self._next_log is None:
+                self._next_log = every
+            self.images += images
+            self.views += views
+            self.batches += 1
+            if every <= 0 or self.images < self._next_log:
+                return None
+            self._next_log = (self.images // every + 1) * every
+            elapsed = max(now - self._start, 1e-9)
+            return (f"extract: {self.images} images, {self.views} views, {self.batches} batches in worker "
+                    f"process {os.getpid()}; {self.images / elapsed:.1f} images/s")
+
+
+_PROGRESS = Progress()
+
+
+def run_fixed_batches(teacher: Any, views: np.ndarray, batch_size: int) -> np.ndarray:
+    """[N, C] logits of [N, H, W, 3] views, always calling the teacher on exactly `batch_size` views.
+
+    The last call is padded with zeros. A fixed batch shape makes a view's logits independent of which
+    other views share its batch (kernels pick their blocking, hence their rounding, by shape), so a
+    rerun whose bundles batch images differently still writes byte-identical records; it also keeps
+    one compiled graph.
+    """
+    count = len(views)
+    padded_count = -(-count // batch_size) * batch_size
+    if padded_count != count:
+        views = np.concatenate([views, np.zeros((padded_count - count, *views.shape[1:]), views.dtype)], axis=0)
+    return np.asarray(teacher.predict(views, batch_size=batch_size), np.float32)[:count]
+
+
+class RunTeacherFn(beam.DoFn):
+    """Runs the teacher on a batch of ViewedImages; yields (ViewedImage without pixels, [V, C] logits).
+
+    Images whose logits are not finite go to the `dead` output as (image_id, origin, "teacher", reason).
+    """
+
+    DEAD = "dead"
+
+    def __init__(self, loader: Callable[[], Any], handle: shared.Shared, batch_size: int, tag: str | None = None,
+                 log_every: int = 100):
+        self._loader = loader
+        self._batch_size = batch_size
+        self._handle = handle
+        self._tag = tag
+        self._log_every = log_every
+        self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "batches")
+        self._views = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "views")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "teacher_failed")
+        self._batch_views = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "batch_views")
+        self._holder = None
+        self._teacher = None
+
+    def setup(self):
+        self._holder, self._teacher = load_shared_teacher(self._loader, self._handle, self._tag)
+
+    def process(self, batch: Sequence[ViewedImage]) -> Iterator[Any]:
+        if not batch:
+            return
+        _PROGRESS.start()
+        counts = [len(image.pixels) for image in batch]
+        stacked = np.concatenate([image.pixels for image in batch], axis=0)
+        logits = run_fixed_batches(self._teacher, stacked, self._batch_size)
+        self._batches.inc()
+        self._views.inc(len(stacked))
+        self._batch_views.update(len(stacked))
+        message = _PROGRESS.add(len(batch), len(stacked), self._log_every)
+        if message:
+            logging.info(message)
+        start = 0
+        for image, count in zip(batch, counts):
+            image_logits = logits[start:start + count]
+            start += count
+            image = dataclasses.replace(image, pixels=None)  # views no longer needed: keep the element small
+            if not np.all(np.isfinite(image_logits)):
+                self._failed.inc()
+                yield beam.pvalue.TaggedOutput(self.DEAD, (image.image_id, image.origin, "teacher",
+                                                           "teacher produced non-finite logits"))
+                continue
+            yield image, image_logits

@@ -1,0 +1,185 @@
+"""Tests of the extraction job on a tiny fake teacher (tests/extract_fixtures.py): records read back and
+checked against the teacher called directly on the same views."""
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from distillery import images, records
+from extract_fixtures import (INPUT_SIZE, LOADS, NUM_CLASSES, FakeTeacher, ListSource, encode, expected_logits,
+                              good_items, load_fake_teacher, photo)
+from pipelines import extraction
+
+
+def config_for(tmp_path, **overrides):
+    settings = dict(source="list:test", teachers=("fake",), output=str(tmp_path / "out" / "soft"),
+                    dead_letter=str(tmp_path / "out" / "dead.jsonl"), batch_size=8, log_every=5)
+    settings.update(overrides)
+    return extraction.ExtractConfig(**settings)
+
+
+def run_job(tmp_path, items, loader=load_fake_teacher, per_shard=3, **overrides):
+    config = config_for(tmp_path, **overrides)
+    result = extraction.run(config, test_pipeline=BeamTestPipeline(runner=FnApiRunner()),
+                            source=ListSource(items, per_shard),
+                            teacher_loader=loader, save_main_session=False)
+    written = {record.image_id: record for record in records.read_records(config.output + "-*")}
+    with open(config.dead_letter, encoding="utf-8") as file:
+        dead = [json.loads(line) for line in file if line.strip()]
+    return result, written, dead
+
+
+def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
+    caplog.set_level("INFO")
+    items = good_items(7)
+    LOADS.clear()
+    result, written, dead = run_job(tmp_path, items, views=3, top_k=4, seed=5, per_shard=2)
+    assert len(LOADS) == 1  # one load in this process: by the launcher, reused by every bundle (Shared)
+    assert dead == [] and sorted(written) == [item[0] for item in items]
+    config = config_for(tmp_path, views=3, top_k=4, seed=5)
+    for image_id, encoded, label, origin in items:
+        record = written[image_id]
+        crops, flips, logits = expected_logits(encoded, image_id, config)
+        assert record.label == label and record.image_path == origin and record.teachers == ["fake"]
+        assert record.num_views == 3 and record.top_k == 4 and record.num_classes == NUM_CLASSES
+        np.testing.assert_allclose(record.crops, crops, atol=1e-6)
+        np.testing.assert_array_equal(record.flips, flips)
+        expected_ids = np.argsort(-logits, axis=1, kind="stable")[:, :4]
+        np.testing.assert_array_equal(record.class_ids, expected_ids)
+        np.testing.assert_allclose(record.logits, np.take_along_axis(logits, expected_ids, 1), rtol=1e-5, atol=1e-5)
+        lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1))
+        np.testing.assert_allclose(record.logsumexp, lse, rtol=1e-5)
+    counters = result.counters
+    assert counters["read"] == 7 and counters["written"] == 7 and counters["dead_letters"] == 0
+    assert counters["views"] == 21 and counters["batches"] >= 3  # 21 views in batches of at most 8 (+ 1 image)
+    progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
+    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress  # first >= --log_every=5
+    with open(extraction.summary_path(config.output), encoding="utf-8") as file:
+        summary = json.load(file)
+    assert summary["counters"]["written"] == 7 and summary["balanced"] is True and summary["teachers"] == ["fake"]
+
+
+def test_centre_crop_full_logits_float16_and_stored_image(tmp_path):
+    items = good_items(3)
+    _, written, _ = run_job(tmp_path, items, views=1, top_k=0, logit_dtype="float16", store_image_max_side=40)
+    config = config_for(tmp_path)
+    for image_id, encoded, _, _ in items:
+        record = written[image_id]
+        crops, flips, logits = expected_logits(encoded, image_id, config)
+        np.testing.assert_allclose(record.crops[0], [0.0625, 0.0625, 0.9375, 0.9375], atol=1e-4)
+        assert not record.flips[0] and record.top_k == NUM_CLASSES and record.logit_dtype == "float16"
+        np.testing.assert_allclose(record.logits, logits.astype(np.float16).astype(np.float32), rtol=1e-3)
+        stored = images.decode_rgb(record.encoded_image)
+        assert max(stored.shape[:2]) == 40 and stored.shape[:2] == (30, 40)
+
+
+def test_views_are_deterministic_across_reruns_and_depend_on_the_seed(tmp_path):
+    items = good_items(5)
+    _, first, _ = run_job(tmp_path / "a", items, views=4, seed=1)
+    # Another order and other shards: other batches, yet byte-identical records (fixed batch shapes).
+    _, again, _ = run_job(tmp_path / "b", list(reversed(items)), views=4, seed=1, per_shard=2)
+    config = config_for(tmp_path, views=4, seed=2)
+    for image_id, encoded, _, _ in items:
+        assert records.encode(first[image_id]) == records.encode(again[image_id])
+        other_crops, _, _ = expected_logits(encoded, image_id, config)  # what seed 2 would store
+        assert not np.allclose(first[image_id].crops, other_crops)
+    flips = np.concatenate([record.flips for record in first.values()])
+    assert 0 < flips.sum() < len(flips)  # both flipped and unflipped views occur
+
+
+def load_teacher_failing_on_white():
+    return WhiteFailingTeacher()
+
+
+class WhiteFailingTeacher(FakeTeacher):
+    """NaN logits for an all-white view (a teacher failure on one image of a batch)."""
+
+    def predict(self, batch, batch_size=32):
+        logits = super().predict(batch)
+        logits[np.asarray(batch).min(axis=(1, 2, 3)) >= 254.5] = np.nan
+        return logits
+
+
+def test_every_input_is_one_record_or_one_dead_letter(tmp_path):
+    items = good_items(4)
+    white = ("white", encode(np.full((40, 40, 3), 255, np.uint8)), 1, "/data/white.png")
+    duplicate = ("img001", encode(photo(99)), 5, "/other/img001.png")  # same id, later origin: dropped
+    failed_copy = ("img002", b"", 2, "/another/img002.png")  # same id, fails: dead letter, record from the good one
+    missing = ("img404", None, 0, "/data/img404.png")
+    bad_only = ("junk", b"not an image", 0, "/data/junk.jpg")
+    all_items = items + [duplicate, failed_copy, missing, bad_only, white]
+    result, written, dead = run_job(tmp_path, all_items, loader=load_teacher_failing_on_white)
+    assert sorted(written) == ["img000", "img001", "img002", "img003"]
+    assert written["img001"].image_path == "/data/img001.png"  # smallest origin of the id's good copies
+    by_source = {letter["source"]: letter for letter in dead}
+    assert set(by_source) == {"/other/img001.png", "/another/img002.png", "/data/img404.png", "/data/junk.jpg",
+                              "/data/white.png"}
+    assert by_source["/data/white.png"]["stage"] == "teacher" and "non-finite" in by_source["/data/white.png"]["reason"]
+    assert by_source["/other/img001.png"]["stage"] == "duplicate"
+    assert "written from /data/img001.png" in by_source["/other/img001.png"]["reason"]
+    assert "empty file" in by_source["/another/img002.png"]["reason"]
+    assert by_source["/data/img404.png"]["stage"] == "read" and by_source["/data/junk.jpg"]["stage"] == "decode"
+    assert by_source["/data/junk.jpg"]["image_id"] == "junk"
+    counters = result.counters
+    assert len(written) + len(dead) == len(all_items) == counters["read"]
+    assert (counters["written"], counters["dead_letters"], counters["duplicates"]) == (4, 5, 2)
+    assert (counters["read_failed"], counters["decode_failed"], counters["teacher_failed"]) == (1, 2, 1)
+
+
+def load_fake_ensemble():
+    from distillery import teachers
+
+    return teachers.ensemble([FakeTeacher("a", offset=0.0), FakeTeacher("b", offset=3.0)])
+
+
+def test_ensemble_names_and_mean_logits(tmp_path):
+    items = good_items(2)
+    _, written, _ = run_job(tmp_path, items, loader=load_fake_ensemble, top_k=0)
+    config = config_for(tmp_path)
+    for image_id, encoded, _, _ in items:
+        _, _, logits = expected_logits(encoded, image_id, config)
+        assert written[image_id].teachers == ["a", "b"]
+        np.testing.assert_allclose(written[image_id].logits, logits + 1.5, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_flags_fail_early_naming_the_flag(tmp_path):
+    for overrides, flag in [({"views": 0}, "--views"), ({"top_k": -1}, "--top_k"), ({"min_scale": 0.0}, "--min_scale"),
+                            ({"logit_dtype": "int8"}, "--logit_dtype"), ({"teachers": ()}, "--teacher")]:
+        with pytest.raises(ValueError, match=flag):
+            extraction.run(config_for(tmp_path, **overrides), source=ListSource([]), teacher_loader=load_fake_teacher)
+
+
+def test_decode_min_side_never_upsamples_a_view():
+    assert extraction.decode_min_side(224, 1, 0.08) == 256  # "resize 256, crop 224"
+    side = extraction.decode_min_side(224, 4, 0.08)
+    assert side * np.sqrt(0.08 * 0.75) >= 224 > (side - 1) * np.sqrt(0.08 * 0.75)
+
+
+def test_keep_one_per_id_in_a_test_pipeline():
+    outcomes = [("a", (1, "/z/a", "decode", "empty file")), ("a", (0, "/y/a", "", b"rec-y")),
+                ("a", (0, "/x/a", "", b"rec-x")), ("b", (1, "/b1", "read", "gone")), ("b", (1, "/b2", "decode", "bad"))]
+    with BeamTestPipeline(runner=FnApiRunner()) as pipeline:
+        kept = (pipeline | beam.Create(outcomes) | beam.GroupByKey()
+                | beam.ParDo(extraction.KeepOnePerIdFn()).with_outputs(extraction.DEAD, main="records"))
+        assert_that(kept.records, equal_to([b"rec-x"]), label="Records")
+        dead = kept[extraction.DEAD] | beam.Map(lambda line: (json.loads(line)["source"], json.loads(line)["stage"]))
+        assert_that(dead, equal_to([("/y/a", "duplicate"), ("/z/a", "duplicate"), ("/b1", "read"), ("/b2", "decode")]),
+                    label="Dead")
+
+
+def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
+    from pipelines import teacher_inference
+
+    times = iter([100.0, 102.0, 104.0, 106.0])
+    progress = teacher_inference.Progress()
+    progress.start(clock=lambda: next(times))  # the first batch starts at t=100
+    assert progress.add(3, 6, every=5, clock=lambda: next(times)) is None  # 3 images at t=102: below 5
+    line = progress.add(3, 6, every=5, clock=lambda: next(times))  # 6 images at t=104: 1.5 images/s
+    assert line.startswith("extract: 6 images, 12 views, 2 batches in worker process ") and line.endswith(
+        "; 1.5 images/s")
+    assert progress.add(3, 6, every=5, clock=lambda: next(times)) is None  # 9 images: next line at 10
