@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import concurrent.futures
 import shutil
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from absl import app, flags, logging
 
@@ -53,11 +54,25 @@ def command_line(name: str, args: Sequence[str]) -> list[str]:
     return [script, *args] if script else [sys.executable, "-m", COMMANDS[name], *args]
 
 
-class Stages:
-    """Runs numbered stages, each a user command, and logs what they cost."""
+class Command(NamedTuple):
+    """One user command of a stage: console script, its arguments, and a label for the timings."""
 
-    def __init__(self, total: int):
+    name: str
+    args: Sequence[str]
+    label: str
+
+
+class Stages:
+    """Runs numbered stages of user commands and logs what they cost.
+
+    Commands of one stage are independent (three extractions, three students, five conversions), so
+    they run `parallel` at a time: each is a separate process whose TensorFlow start-up is mostly one
+    core, and this machine has two.
+    """
+
+    def __init__(self, total: int, parallel: int = 2):
         self.total, self.number, self.start = total, 0, time.perf_counter()
+        self.parallel = parallel
         self.seconds: dict[str, float] = {}
 
     def banner(self, title: str) -> None:
@@ -65,14 +80,20 @@ class Stages:
         logging.info("=== stage %d/%d: %s (%.0f s so far) ===", self.number, self.total, title,
                      time.perf_counter() - self.start)
 
-    def run(self, name: str, args: Sequence[str], label: str) -> None:
-        argv = command_line(name, args)
+    def _run_one(self, command: Command) -> None:
+        argv = command_line(command.name, command.args)
         logging.info("$ %s", " ".join(argv))
         began = time.perf_counter()
         completed = subprocess.run(argv, check=False)
-        self.seconds[label] = round(time.perf_counter() - began, 1)
+        self.seconds[command.label] = round(time.perf_counter() - began, 1)
         if completed.returncode != 0:
-            raise RuntimeError(f"stage {label!r} failed: {name} exited with {completed.returncode}")
+            raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {completed.returncode}")
+
+    def run(self, commands: Sequence[Command]) -> None:
+        """Runs the commands, `parallel` at a time; raises on the first that fails."""
+        with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+            for future in [pool.submit(self._run_one, command) for command in commands]:
+                future.result()
 
 
 def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_data.FASHION_MNIST_DIR) -> dict:
@@ -96,50 +117,49 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     logging.info("teacher top-1 on the test set: %.4f", teacher_top1)
 
     stages.banner("extract soft labels with the Beam job")
-    for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1)):
-        stages.run("distillery-extract", [
-            f"--source=tfrecord:{getattr(splits, part)}", f"--teacher={path('teacher.keras')}",
-            f"--output={path('soft', part)}", f"--dead_letter={path('soft', part + '-dead.jsonl')}",
-            f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
-            "--store_image_max_side=64"], label=f"extract {part}")
+    stages.run([Command("distillery-extract", [
+        f"--source=tfrecord:{getattr(splits, part)}", f"--teacher={path('teacher.keras')}",
+        f"--output={path('soft', part)}", f"--dead_letter={path('dead_letters', part + '.jsonl')}",
+        f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
+        "--store_image_max_side=64"], f"extract {part}")
+        for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))])
 
     stages.banner("train students: hard labels, distilled, distilled + unlabeled")
     labelled_glob, unlabeled_glob, test_glob = path("soft", "labelled-*"), path("soft", "unlabeled-*"), path("soft", "test-*")
     students = {"hard": (labelled_glob, 1.0), "distilled": (labelled_glob, cfg.alpha),
                 "distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha)}
-    for name, (train_glob, alpha) in students.items():
-        stages.run("distillery-train", [
-            f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
-            f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
-            f"--temperature={cfg.temperature}", f"--steps={cfg.train_steps}", f"--batch_size={cfg.batch_size}",
-            f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=100"], label=f"train {name}")
+    stages.run([Command("distillery-train", [
+        f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
+        f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
+        f"--temperature={cfg.temperature}", f"--steps={cfg.train_steps}", f"--batch_size={cfg.batch_size}",
+        f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=100"], f"train {name}")
+        for name, (train_glob, alpha) in students.items()])
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 
     stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning")
-    stages.run("distillery-factorize", [
+    stages.run([Command("distillery-factorize", [
         f"--model={path('students', best, 'student.keras')}", f"--train={labelled_glob},{unlabeled_glob}",
         f"--eval={test_glob}", f"--output={path('students', 'factorized.keras')}", f"--energy={cfg.factorize_energy}",
-        "--mode=layerwise", f"--steps_per_layer={cfg.factorize_steps}", f"--batch_size={cfg.batch_size}",
-        f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], label="factorize")
+        "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--batch_size={cfg.batch_size}",
+        f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize")])
 
     stages.banner("quantize every student to int8 (and the best one to float32)")
     models = {name: path("students", name, "student.keras") for name in students}
     models["factorized"] = path("students", "factorized.keras")
-    tflite = {}
-    for name, keras_path in models.items():
-        tflite[f"{name}_int8"] = path("tflite", f"{name}_int8.tflite")
-        stages.run("distillery-quantize", [
-            f"--model={keras_path}", f"--output={tflite[name + '_int8']}", "--mode=int8",
-            f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"], label=f"quantize {name}")
+    tflite = {f"{name}_int8": path("tflite", f"{name}_int8.tflite") for name in models}
     tflite[f"{best}_float32"] = path("tflite", f"{best}_float32.tflite")
-    stages.run("distillery-quantize", [f"--model={models[best]}", f"--output={tflite[best + '_float32']}",
-                                       "--mode=float32"], label=f"quantize {best} float32")
+    stages.run([Command("distillery-quantize", [
+        f"--model={keras_path}", f"--output={tflite[name + '_int8']}", "--mode=int8",
+        f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"], f"quantize {name}")
+        for name, keras_path in models.items()]
+        + [Command("distillery-quantize", [f"--model={models[best]}", f"--output={tflite[best + '_float32']}",
+                                           "--mode=float32"], f"quantize {best} float32")])
 
     stages.banner("benchmark every model on the test set: top-1, latency, per-op profile, LPIRC score")
-    stages.run("distillery-benchmark", [*tflite.values(), f"--eval={test_glob}", "--num_threads=1",
-                                        f"--runs={cfg.benchmark_runs}", "--profile", f"--report_dir={output_dir}"],
-               label="benchmark")
+    stages.run([Command("distillery-benchmark", [
+        *tflite.values(), f"--eval={test_glob}", "--num_threads=1", f"--runs={cfg.benchmark_runs}", "--profile",
+        f"--report_dir={output_dir}"], "benchmark")])
 
     summary = goals.check(path("report.json"), best=best, teacher_top1=teacher_top1, images=splits.counts,
                           stage_seconds=stages.seconds)

@@ -1,0 +1,276 @@
+"""The `distillery-factorize` job: choose ranks, factorize the 1x1 convolutions, distill-fine-tune, report.
+
+Steps, all checked inputs first (nothing heavy runs before the flags, the files and the budget are
+known to be usable):
+
+1. load the student (.keras or SavedModel) and find its 1x1 convolutions (and dense layers);
+2. pick ranks: `--energy`, `--rank_ratio`, or `--target_latency_ms` (per-op profile of the int8 TFLite
+   student, calibrated on the training records; see compress/rank_selection.py);
+3. factorize and fine-tune, `--mode=layerwise` (the LPIRC 2018 seed procedure) or `oneshot`;
+4. top-1 on `--eval` before, right after factorization, and after fine-tuning (Keras float32 model, centre
+   crop: `trainer.loop.evaluate`);
+5. write `--output` (.keras; the input model is never overwritten: same path refused, written via a temp
+   file) and `OUTPUT.report.json`; print the per-layer table.
+
+    distillery-factorize --model=runs/demo/student/student.keras --train='runs/demo/records/train-*' \
+        --eval='runs/demo/records/eval-*' --output=runs/demo/factorized.keras --energy=0.9 --mode=oneshot
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from compress import factorize
+from compress import finetune
+from compress import rank_selection
+from distillery import records
+
+DEFAULT_ENERGY = 0.9
+
+
+class JobError(ValueError):
+    """Input the job refuses before any heavy work; the message names the flag or file."""
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Everything one run needs (the entry point's flags map one to one onto these fields).
+
+    Attributes:
+      model_path: the student (.keras file or SavedModel directory).
+      train_pattern: soft-label records to fine-tune on (and to calibrate the int8 profile with).
+      output_path: where the factorized model goes (.keras); the report goes to OUTPUT.report.json.
+      eval_pattern: labelled records for top-1 (None: no top-1 in the report).
+      energy, rank_ratio, target_latency_ms, ranks: the rank selection; at most one (default: energy 0.9).
+        ranks is an explicit {layer name: rank}.
+      include_dense: also factorize dense layers (the classifier).
+      tuning: fine-tuning settings (its train_pattern is set from train_pattern).
+      calibration_steps: int8 calibration images for the latency profile.
+      profile_runs: timed runs per op (and for the whole model) in the latency profile.
+      verify_latency: with a latency budget, measure the factorized int8 model after fine-tuning.
+    """
+
+    model_path: str
+    train_pattern: str
+    output_path: str
+    eval_pattern: str | None = None
+    energy: float | None = None
+    rank_ratio: float | None = None
+    target_latency_ms: float | None = None
+    ranks: dict[str, int] | None = None
+    include_dense: bool = True
+    tuning: finetune.FinetuneConfig | None = None
+    calibration_steps: int = 64
+    profile_runs: int = 30
+    verify_latency: bool = True
+
+
+def parse_ranks(text: str) -> dict[str, int]:
+    """"conv_pw_1:8,conv_pw_2:16" -> {"conv_pw_1": 8, "conv_pw_2": 16}; JobError on a malformed entry."""
+    ranks = {}
+    for entry in filter(None, (item.strip() for item in text.split(","))):
+        name, _, rank = entry.rpartition(":")
+        if not name or not rank.isdigit():
+            raise JobError(f"--ranks: expected LAYER:RANK entries separated by commas, got {entry!r}")
+        ranks[name] = int(rank)
+    return ranks
+
+
+def _same_file(first: str, second: str) -> bool:
+    if "://" in first or "://" in second:
+        return first.rstrip("/") == second.rstrip("/")
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def validate(config: JobConfig) -> None:
+    """Refuses bad flags and missing inputs early.
+
+    Raises:
+      JobError: naming the flag or the file.
+    """
+    chosen = [name for name, value in (("--energy", config.energy), ("--rank_ratio", config.rank_ratio),
+                                       ("--target_latency_ms", config.target_latency_ms),
+                                       ("--ranks", config.ranks)) if value is not None]
+    if len(chosen) > 1:
+        raise JobError(f"choose one rank selection, got {' and '.join(chosen)}")
+    if config.energy is not None and not 0.0 < config.energy <= 1.0:
+        raise JobError(f"--energy must be in (0, 1], got {config.energy}")
+    if config.rank_ratio is not None and not 0.0 < config.rank_ratio <= 1.0:
+        raise JobError(f"--rank_ratio must be in (0, 1], got {config.rank_ratio}")
+    if config.target_latency_ms is not None and config.target_latency_ms <= 0:
+        raise JobError(f"--target_latency_ms must be positive, got {config.target_latency_ms}")
+    if not config.output_path.endswith(".keras"):
+        raise JobError(f"--output must end in .keras, got {config.output_path}")
+    if _same_file(config.model_path, config.output_path):
+        raise JobError(f"--output={config.output_path} is the input model; refusing to overwrite it")
+    if not tf.io.gfile.exists(config.model_path):
+        raise JobError(f"--model: {config.model_path} does not exist")
+    for flag, pattern in (("--train", config.train_pattern), ("--eval", config.eval_pattern)):
+        if pattern is None:
+            continue
+        try:
+            records.read_spec(pattern)
+        except (FileNotFoundError, records.RecordError) as error:
+            raise JobError(f"{flag}: {error}") from None
+    try:
+        (config.tuning or finetune.FinetuneConfig(config.train_pattern)).check()
+    except ValueError as error:
+        raise JobError(str(error)) from None
+
+
+def load_student(path: str) -> keras.Model:
+    """The student at `path`; JobError naming it when it does not load."""
+    from compress import quantize  # pylint: disable=import-outside-toplevel
+
+    try:
+        return quantize.load_model(path)
+    except quantize.QuantizeError as error:
+        raise JobError(str(error)) from None
+
+
+def int8_flatbuffer(model: keras.Model, train_pattern: str, calibration_steps: int) -> bytes:
+    """The model as full-integer int8 TFLite, calibrated on views of the training records."""
+    from compress import quantize  # pylint: disable=import-outside-toplevel
+
+    height, width, channels = quantize.input_shape_of(model)
+    calibration = quantize.calibration_images(train_pattern, (height, width), calibration_steps, channels)
+    return quantize.convert(model, "int8", calibration)
+
+
+def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], config: JobConfig,
+                 log: Callable[[str], None]) -> tuple[rank_selection.Selection, dict]:
+    """The ranks per the config, and a description of the method for the report.
+
+    Raises:
+      rank_selection.BudgetError: a latency budget no allowed factorization meets.
+    """
+    if config.ranks is not None:
+        factorize.check_ranks(model, config.ranks)
+        return rank_selection.Selection(dict(config.ranks), {}), {"ranks": dict(config.ranks)}
+    if config.rank_ratio is not None:
+        return rank_selection.select_by_ratio(layers, config.rank_ratio), {"rank_ratio": config.rank_ratio}
+    if config.target_latency_ms is None:
+        energy = config.energy if config.energy is not None else DEFAULT_ENERGY
+        return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}
+    from benchmark import op_profile  # pylint: disable=import-outside-toplevel
+
+    start = time.perf_counter()
+    content = int8_flatbuffer(model, config.train_pattern, config.calibration_steps)
+    profile = op_profile.profile_ops(content, num_threads=1, runs=config.profile_runs, name=config.model_path)
+    # Each single-op slice pays one interpreter call of overhead, so the ops sum to more than the whole
+    # model; their times are scaled to add up to the whole model before they are compared with the budget.
+    scale = profile.whole_model_ms / profile.sum_ms if profile.sum_ms > 0 else 1.0
+    layer_ms = {name: ms * scale for name, ms in
+                rank_selection.layer_milliseconds(content, [row.ms for row in profile.rows], layers).items()}
+    log(f"per-op profile of the int8 student ({time.perf_counter() - start:.1f} s): whole model "
+        f"{profile.whole_model_ms:.3f} ms, sum of ops {profile.sum_ms:.3f} ms, {len(layer_ms)} of {len(layers)} "
+        f"factorizable layers mapped, {sum(layer_ms.values()):.3f} ms in them (scaled to the whole model)")
+    selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms,
+                                                  config.target_latency_ms)
+    return selection, {"target_latency_ms": config.target_latency_ms, "model_ms": profile.whole_model_ms,
+                       "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
+                       "estimated_ms": selection.estimated_ms}
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Writes the .keras file through a temporary file, so a failure leaves nothing half-written."""
+    directory = os.path.dirname(path)
+    if directory and "://" not in path:
+        os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="distillery_factorize_") as scratch:
+        local = os.path.join(scratch, "model.keras")
+        model.save(local)
+        tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
+    """The whole job; returns the report (also written to OUTPUT.report.json).
+
+    Raises:
+      JobError, factorize.FactorizationError, rank_selection.BudgetError: before any fine-tuning.
+    """
+    validate(config)
+    tuning = dataclasses.replace(config.tuning or finetune.FinetuneConfig(config.train_pattern),
+                                 train_pattern=config.train_pattern)
+    model = load_student(config.model_path)
+    layers = factorize.require_factorizable(model, config.model_path)
+    if not config.include_dense:
+        layers = [layer for layer in layers if layer.kind != "dense"]
+    selection, method = select_ranks(model, layers, config, log)
+    if not selection.ranks:
+        reasons = "; ".join(f"{name}: {why}" for name, why in selection.skipped.items())
+        raise factorize.FactorizationError(f"no layer of {config.model_path} is worth factorizing with {method}: {reasons}")
+    by_name = {layer.name: layer for layer in layers}
+    layer_reports = [factorize.layer_report(model, by_name[name], rank, selection.estimated_ms_saved.get(name))
+                     for name, rank in selection.ranks.items()]
+    chosen_by = ", ".join(f"{key}={method[key]:g}" for key in ("energy", "rank_ratio", "target_latency_ms")
+                          if key in method) or "explicit --ranks"
+    log(f"factorizing {len(selection.ranks)} of {len(layers)} layers ({chosen_by}), mode {tuning.mode}: "
+        + ", ".join(f"{name} r={rank}" for name, rank in selection.ranks.items()))
+    top1 = {"evaluated_with": "Keras float32 model, centre crop (trainer.loop.evaluate)"}
+    if config.eval_pattern:
+        top1["before"] = finetune.evaluate_top1(model, config.eval_pattern)
+        top1["after_factorization"] = finetune.evaluate_top1(factorize.factorize_model(model, selection.ranks),
+                                                             config.eval_pattern)
+        log(f"top-1 before {top1['before']:.4f}, right after factorization {top1['after_factorization']:.4f}")
+    start = time.perf_counter()
+    tuned, phases = finetune.factorize_and_finetune(model, selection.ranks, tuning, log)
+    finetune_seconds = time.perf_counter() - start
+    if config.eval_pattern:
+        top1["after_finetune"] = finetune.evaluate_top1(tuned, config.eval_pattern)
+        log(f"top-1 after fine-tuning {top1['after_finetune']:.4f}")
+    latency = dict(method) if config.target_latency_ms is not None else None
+    if latency is not None and config.verify_latency:
+        from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
+
+        content = int8_flatbuffer(tuned, config.train_pattern, config.calibration_steps)
+        latency["measured_factorized_ms"] = latency_module.interpreter_latency(content, 1, runs=100).median
+        log(f"factorized int8 model: {latency['measured_factorized_ms']:.3f} ms measured "
+            f"(estimate {selection.estimated_ms:.3f} ms, budget {config.target_latency_ms:g} ms)")
+    save_model(tuned, config.output_path)
+    report = {
+        "model": config.model_path, "output": config.output_path, "mode": tuning.mode,
+        "selection": {key: value for key, value in method.items() if key != "layer_ms"},
+        "layers": [dataclasses.asdict(item) for item in layer_reports],
+        "skipped": selection.skipped,
+        "totals": {"params_before": int(model.count_params()), "params_after": int(tuned.count_params()),
+                   "macs_before": factorize.model_macs(model), "macs_after": factorize.model_macs(tuned)},
+        "top1": top1,
+        "finetune": {"steps": tuning.steps, "batch_size": tuning.batch_size, "learning_rate": tuning.learning_rate,
+                     "optimizer": tuning.optimizer, "alpha": tuning.alpha, "temperature": tuning.temperature,
+                     "seconds": round(finetune_seconds, 1), "phases": phases},
+        "latency": latency,
+    }
+    with tf.io.gfile.GFile(config.output_path + ".report.json", "w") as handle:
+        handle.write(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The stdout summary: the per-layer table, totals and the three top-1 figures."""
+    layer_reports = [factorize.LayerReport(**item) for item in report["layers"]]
+    totals = report["totals"]
+    lines = [factorize.format_table(layer_reports), "",
+             f"model: params {totals['params_before']:,} -> {totals['params_after']:,}, "
+             f"MACs {totals['macs_before']:,} -> {totals['macs_after']:,} "
+             f"({100 * (1 - totals['macs_after'] / max(totals['macs_before'], 1)):.1f}% fewer)"]
+    top1 = report["top1"]
+    if "before" in top1:
+        lines.append(f"top-1 ({top1['evaluated_with']}): before {top1['before']:.4f}, right after factorization "
+                     f"{top1['after_factorization']:.4f}, after {report['mode']} fine-tuning {top1['after_finetune']:.4f}")
+    latency = report.get("latency")
+    if latency:
+        measured = latency.get("measured_factorized_ms")
+        lines.append(f"int8 latency (1 thread): before {latency['model_ms']:.3f} ms, estimate {latency['estimated_ms']:.3f} ms"
+                     + (f", measured {measured:.3f} ms" if measured is not None else "")
+                     + f", budget {latency['target_latency_ms']:g} ms")
+    lines.append(f"wrote {report['output']} and {report['output']}.report.json")
+    return "\n".join(lines)

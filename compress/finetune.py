@@ -1,0 +1,191 @@
+"""Distillation fine-tuning of a factorized student: layerwise (the LPIRC 2018 seed procedure) or oneshot.
+
+- layerwise: factorize one layer, freeze every other weight (only the two new factor kernels and the
+  moved bias train; frozen batch-norm layers run on their moving statistics and keep them), fine-tune
+  with the distillation loss on the soft-label records, then move on to the next layer, in graph order.
+- oneshot: factorize every selected layer at once, then fine-tune all the weights jointly.
+
+Both spend the same total number of optimizer steps (layerwise splits them evenly over the layers), so
+the comparison is at equal fine-tuning compute. The loss, the record pipeline and the train step are the
+trainer's (`trainer.losses.distillation_loss` through `trainer.loop.make_train_step`, `trainer.data.
+make_dataset`), on one device: gradients are taken only for the model's trainable variables, which is
+what freezing relies on. Each phase gets a fresh Adam (or SGD) with cosine decay to 0.
+
+    python -c "from compress import finetune; help(finetune.factorize_and_finetune)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from compress import factorize
+from trainer import data
+from trainer import loop
+
+MODES = ("layerwise", "oneshot")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """How to fine-tune.
+
+    Attributes:
+      train_pattern: glob(s) of soft-label records.
+      mode: "layerwise" or "oneshot".
+      steps: total optimizer steps (layerwise: split evenly over the factorized layers; 0 = no fine-tuning).
+      batch_size: examples per step.
+      learning_rate: peak learning rate of each phase (cosine decay to 0).
+      optimizer: "adam" or "sgd" (momentum 0.9, Nesterov).
+      alpha: weight of the hard-label term of the distillation loss.
+      temperature: distillation temperature T.
+      seed: fixes the data order and the views.
+      log_every: steps between progress lines.
+    """
+
+    train_pattern: str
+    mode: str = "layerwise"
+    steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    alpha: float = 0.5
+    temperature: float = 4.0
+    seed: int = 0
+    log_every: int = 100
+
+    def check(self) -> None:
+        """Raises ValueError naming the flag of a bad value."""
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.temperature <= 0:
+            raise ValueError("--steps must be >= 0 and --batch_size, --learning_rate, --temperature positive")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
+
+
+def image_size_of(model: keras.Model) -> int:
+    """The square input side S of a student; raises ValueError for other inputs."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"fine-tuning needs a square RGB student input [N, S, S, 3], got {shape}")
+    return int(shape[1])
+
+
+def set_trainable(model: keras.Model, trainable_names: set[str] | None) -> None:
+    """Makes only the layers named in `trainable_names` trainable (None: every layer)."""
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = trainable_names is None or layer.name in trainable_names
+
+
+def _optimizer(config: FinetuneConfig, steps: int) -> keras.optimizers.Optimizer:
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(steps, 1))
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def finetune(model: keras.Model, config: FinetuneConfig, steps: int, dataset_iterator,
+             trainable_names: set[str] | None = None, label: str = "fine-tune",
+             log: Callable[[str], None] = print) -> dict:
+    """Runs `steps` distillation steps on `model` in place.
+
+    Args:
+      model: the (factorized) student.
+      config: loss and optimizer settings.
+      steps: optimizer steps.
+      dataset_iterator: an iterator over `trainer.data.make_dataset(..., training=True, temperature=T)`.
+      trainable_names: layers that train (None: all); every other layer is frozen.
+      label: prefix of the progress lines.
+      log: where progress lines go.
+
+    Returns:
+      {"steps", "loss" (mean over the last logging interval), "train_top1" (same), "images_per_second"}.
+    """
+    set_trainable(model, trainable_names)
+    if steps <= 0:
+        return {"steps": 0, "loss": None, "train_top1": None, "images_per_second": None}
+    optimizer = _optimizer(config, steps)
+    step_fn = tf.function(loop.make_train_step(model, optimizer, tf.distribute.get_strategy(), config.batch_size,
+                                               config.alpha, config.temperature))
+    sums = {"loss": 0.0, "correct": 0.0, "labeled": 0.0, "examples": 0.0}
+    start, interval_start, timed_examples, result = time.perf_counter(), time.perf_counter(), 0.0, {}
+    for step in range(1, steps + 1):
+        images, targets = next(dataset_iterator)
+        values = step_fn(images, targets)
+        for name in sums:
+            sums[name] += float(values[name])
+        if step == 1:  # the first step traces the graph: keep it out of the throughput
+            interval_start, timed_examples = time.perf_counter(), 0.0
+        else:
+            timed_examples += float(values["examples"])
+        if step % config.log_every == 0 or step == steps:
+            elapsed = time.perf_counter() - interval_start
+            result = {"loss": sums["loss"] / max(sums["examples"], 1.0),
+                      "train_top1": sums["correct"] / sums["labeled"] if sums["labeled"] else None}
+            log(f"{label}: step {step}/{steps} loss {result['loss']:.4f} "
+                f"train top-1 {result['train_top1'] if result['train_top1'] is None else round(result['train_top1'], 4)} "
+                f"({timed_examples / max(elapsed, 1e-9):.0f} images/s)")
+            sums = dict.fromkeys(sums, 0.0)
+            interval_start, timed_examples = time.perf_counter(), 0.0
+    total = time.perf_counter() - start
+    return {"steps": steps, **result, "images_per_second": steps * config.batch_size / max(total, 1e-9)}
+
+
+def make_iterator(config: FinetuneConfig, image_size: int):
+    """An endless iterator of (images, targets) batches with teacher probabilities at T."""
+    dataset = data.make_dataset(config.train_pattern, image_size, config.batch_size, training=True,
+                                seed=config.seed, temperature=config.temperature)
+    return iter(dataset)
+
+
+def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config: FinetuneConfig,
+                           log: Callable[[str], None] = print, dataset_iterator=None) -> tuple[keras.Model, list[dict]]:
+    """Factorizes `model` at `ranks` and fine-tunes it, layerwise or oneshot.
+
+    Args:
+      model: the unfactorized student (not modified).
+      ranks: {layer name: rank}, e.g. from `compress.rank_selection`.
+      config: see FinetuneConfig.
+      log: where progress lines go.
+      dataset_iterator: batches to train on (default: `make_iterator(config, S)`).
+
+    Returns:
+      (the factorized, fine-tuned model with every layer trainable again, one dict per phase:
+      {"layers", "steps", "loss", "train_top1", "images_per_second"}).
+    """
+    config.check()
+    factorize.check_ranks(model, ranks)
+    if dataset_iterator is None and config.steps > 0:
+        dataset_iterator = make_iterator(config, image_size_of(model))
+    order = [layer.name for layer in factorize.find_factorizable_layers(model) if layer.name in ranks]
+    phases = []
+    if config.mode == "oneshot":
+        current = factorize.factorize_model(model, ranks)
+        log(f"oneshot: factorized {len(order)} layers; fine-tuning all weights for {config.steps} steps")
+        phases.append({"layers": order, **finetune(current, config, config.steps, dataset_iterator, None,
+                                                    "oneshot", log)})
+    else:
+        current = model
+        per_layer = config.steps // max(len(order), 1)
+        for index, name in enumerate(order):
+            current = factorize.factorize_model(current, {name: ranks[name]})
+            trainable = {name + factorize.FIRST_SUFFIX, name + factorize.SECOND_SUFFIX}
+            label = f"layerwise {index + 1}/{len(order)} {name} (rank {ranks[name]})"
+            phases.append({"layers": [name], **finetune(current, config, per_layer, dataset_iterator, trainable,
+                                                         label, log)})
+    set_trainable(current, None)
+    return current, phases
+
+
+def evaluate_top1(model: keras.Model, pattern: str, batch_size: int = 100) -> float:
+    """Top-1 of the Keras model on the labelled records of `pattern` (centre crop; `trainer.loop.evaluate`)."""
+    return float(loop.evaluate(model, pattern, image_size_of(model), batch_size)["top1"])

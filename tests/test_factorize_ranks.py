@@ -1,0 +1,86 @@
+"""Rank selection: energy, rank ratio and the greedy latency budget, against hand computations."""
+
+import keras
+import numpy as np
+import pytest
+
+from compress import factorize
+from compress import rank_selection
+from factorize_fixtures import tiny_model
+
+
+def test_rank_for_energy_by_hand():
+    values = np.array([4.0, 2.0, 1.0])  # squares 16, 4, 1: cumulative energy 16/21 = 0.762, 20/21 = 0.952, 1
+    assert rank_selection.rank_for_energy(values, 0.7) == 1
+    assert rank_selection.rank_for_energy(values, 0.76) == 1
+    assert rank_selection.rank_for_energy(values, 0.9) == 2
+    assert rank_selection.rank_for_energy(values, 0.96) == 3
+    assert rank_selection.rank_for_energy(values, 1.0) == 3
+    with pytest.raises(ValueError, match="--energy must be in"):
+        rank_selection.rank_for_energy(values, 1.5)
+
+
+def test_rank_ratio_and_layers_that_would_not_save_are_skipped():
+    model = tiny_model()
+    layers = factorize.find_factorizable_layers(model)
+    selection = rank_selection.select_by_ratio(layers, 0.25)
+    # pw1 16x24 -> 4 (saves: 160 < 384); pw2 24x32 -> 6 (336 < 768); logits 32x10 -> round(2.5) = 2 (84 < 320)
+    assert selection.ranks == {"pw1": 4, "pw2": 6, "logits": 2}
+    selection = rank_selection.select_by_ratio(layers, 0.75)
+    # pw1 -> 12 (480 >= 384: skipped), pw2 -> 18 (1008 >= 768: skipped), logits -> round(7.5) = 8 (336 >= 320)
+    assert selection.ranks == {} and set(selection.skipped) == {"pw1", "pw2", "logits"}
+    assert "saves nothing" in selection.skipped["pw1"]
+
+
+def test_select_by_energy_uses_each_layers_spectrum():
+    model = tiny_model()
+    layers = factorize.find_factorizable_layers(model)
+    selection = rank_selection.select_by_energy(model, layers, 0.6)
+    for name, rank in selection.ranks.items():
+        values = factorize.singular_values(model.get_layer(name).kernel.numpy())
+        kept = np.cumsum(values**2) / np.sum(values**2)
+        assert kept[rank - 1] >= 0.6 > (kept[rank - 2] if rank > 1 else 0.0)
+
+
+def _dense_with_spectrum(values, seed):
+    """An 8x8 kernel U diag(values) V^T with random orthogonal U, V."""
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    right, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    return (left * np.asarray(values)) @ right.T
+
+
+def _two_layer_model():
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(8, name="steep")(inputs)
+    outputs = keras.layers.Dense(8, name="flat")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("steep").kernel.assign(_dense_with_spectrum([10, 1, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1], 0))
+    model.get_layer("flat").kernel.assign(_dense_with_spectrum([1.0] * 8, 1))
+    return model
+
+
+def test_latency_budget_is_greedy_by_ms_saved_per_error():
+    model = _two_layer_model()
+    layers = factorize.find_factorizable_layers(model)
+    grid = (0.3, 0.2)
+    # steep: rank 1 at both energies, saves 1 ms * (1 - 16/64) = 0.75 ms with a tiny error.
+    # flat (all s_i = 1): energy 0.3 -> rank 3 (saves 0.25 ms), 0.2 -> rank 2 (saves 0.5 ms), large errors.
+    layer_ms = {"steep": 1.0, "flat": 1.0}
+    selection = rank_selection.select_for_latency(model, layers, layer_ms, 3.0, 2.5, grid)
+    assert selection.ranks == {"steep": 1}
+    assert selection.estimated_ms == pytest.approx(2.25)
+    selection = rank_selection.select_for_latency(model, layers, layer_ms, 3.0, 2.0, grid)
+    assert selection.ranks == {"steep": 1, "flat": 3}
+    assert selection.estimated_ms_saved == pytest.approx({"steep": 0.75, "flat": 0.25})
+    selection = rank_selection.select_for_latency(model, layers, layer_ms, 3.0, 1.8, grid)
+    assert selection.ranks == {"steep": 1, "flat": 2} and selection.estimated_ms == pytest.approx(1.75)
+    with pytest.raises(rank_selection.BudgetError, match=r"cannot be met.*estimated to reach 1\.750 ms"):
+        rank_selection.select_for_latency(model, layers, layer_ms, 3.0, 1.7, grid)
+
+
+def test_layers_without_a_profiled_op_are_not_candidates():
+    model = _two_layer_model()
+    layers = factorize.find_factorizable_layers(model)
+    selection = rank_selection.select_for_latency(model, layers, {"steep": 1.0}, 3.0, 2.5, (0.3, 0.2))
+    assert selection.ranks == {"steep": 1} and "no op" in selection.skipped["flat"]
