@@ -20,7 +20,7 @@ class DemoConfig:
     labelled: int = 10000          # the ImageNet role: labelled training images
     unlabeled: int = 20000         # the Open Images role: training images with labels removed
     test: int = 10000              # held-out evaluation
-    teacher_width: int = 48
+    teacher_width: int = 32
     teacher_epochs: int = 8
     views: int = 4                 # stored views per training image
     top_k: int = 10                # Fashion-MNIST has 10 classes: full logits
@@ -29,7 +29,7 @@ class DemoConfig:
     student_width: float = 0.5
     image_size: int = 32
     batch_size: int = 128
-    train_steps: int = 1500
+    train_steps: int = 1000
     learning_rate: float = 0.05
     alpha: float = 0.5             # hard-label weight of the distilled students
     temperature: float = 4.0

@@ -10,13 +10,13 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from cluster import render, tf_config
+from trainer_fixtures import free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,16 +57,6 @@ def test_port_comes_from_the_tfjob_port_and_evaluator_is_left_out():
                     "worker": ["distillery-train-worker-0.ns.svc:3333"]}
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _write_tiny_records(path, count, num_classes=4, seed=0):
     """`count` soft-label records of 24x24 PNG images with made-up teacher logits (2 views, top-2)."""
     import io
@@ -98,7 +88,7 @@ def test_tfjob_tf_configs_drive_the_trainers_multi_worker_path(tmp_path):
     tfjob = _train_tfjob("small")
     configs = tf_config.tf_configs(tfjob)
     addresses = configs[0]["cluster"]["chief"] + configs[0]["cluster"]["worker"]
-    local = dict(zip(addresses, (f"127.0.0.1:{port}" for port in _free_ports(len(addresses)))))
+    local = dict(zip(addresses, (f"127.0.0.1:{port}" for port in free_ports(len(addresses)))))
     model_dir = tmp_path / "model"
     # The container's own args, with the ConfigMap values a pod would expand, shrunk to a tiny run.
     container = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]

@@ -27,7 +27,7 @@ from PIL import Image
 
 from distillery import images, records, views
 from pipelines import extraction
-from extract_fixtures import INPUT_SIZE, NUM_CLASSES, FakeTeacher, encode, expected_logits, load_fake_teacher, photo
+from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Photos that are files inside the scikit-image wheel (others download on first use: not used).

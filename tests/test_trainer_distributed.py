@@ -7,7 +7,6 @@ logical devices before TensorFlow initializes, and each worker of a cluster is a
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -66,19 +65,9 @@ def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, tmp
     assert any(np.abs(w).sum() > 0 for w in one)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_worker_processes_finish_with_identical_weights(record_glob, tmp_path):
-    ports = _free_ports(2)
+    ports = fixtures.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     model_dir = str(tmp_path / "run")
     processes = []
@@ -143,7 +132,7 @@ def test_preempted_worker_makes_both_save_at_the_same_step_and_the_rerun_resumes
     import tensorflow as tf
 
     model_dir = str(tmp_path / "run")
-    processes = _start_workers(record_glob, model_dir, tmp_path, _free_ports(2), 0.2, "first")
+    processes = _start_workers(record_glob, model_dir, tmp_path, fixtures.free_ports(2), 0.2, "first")
     log_seen = os.path.join(model_dir, "logs", "train")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.isdir(log_seen) and os.listdir(log_seen)):
@@ -157,7 +146,7 @@ def test_preempted_worker_makes_both_save_at_the_same_step_and_the_rerun_resumes
     preempted_at = int(latest.rsplit("-", 1)[1])
     assert 0 < preempted_at < 24 and not os.path.exists(os.path.join(model_dir, "summary.json"))
 
-    processes = _start_workers(record_glob, model_dir, tmp_path, _free_ports(2), 0.0, "second")
+    processes = _start_workers(record_glob, model_dir, tmp_path, fixtures.free_ports(2), 0.0, "second")
     outputs = _finish(processes)
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:]
     summary = json.load(open(os.path.join(model_dir, "summary.json")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 
 import keras
 import numpy as np
@@ -19,6 +20,17 @@ from distillery import records, views
 
 NUM_CLASSES = 5
 TEACHER_SIZE = 24
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (for TF_CONFIG clusters of local processes)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 def tiny_teacher_model(num_classes: int = NUM_CLASSES, input_size: int = TEACHER_SIZE, seed: int = 7) -> keras.Model:

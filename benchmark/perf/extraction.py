@@ -40,37 +40,20 @@ _COUNT = flags.DEFINE_integer("count", None, "Internal: images the child reads."
 
 TEACHER = "builtin:mobilenet_v2_imagenet"
 IMAGE_SIZE = 224
-# RGB photos that are files inside the scikit-image wheel.
-_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-           "retina.jpg", "ihc.png", "color.png")
 
 
 def make_images(directory: str, count: int, seed: int = 0) -> list[str]:
-    """`count` JPEGs (random crops/flips of skimage photos, 300-500 px sides), made once and cached."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import skimage  # pylint: disable=import-outside-toplevel
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    """`count` JPEGs (random crops/flips of the bundled photos, 300-500 px sides), made once and cached."""
+    from demo import photos  # pylint: disable=import-outside-toplevel
 
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, f"img_{index:06d}.jpg") for index in range(count)]
-    missing = [index for index, path in enumerate(paths) if not os.path.exists(path)]
-    if not missing:
+    if all(os.path.exists(path) for path in paths):
         return paths
-    data_dir = os.path.join(os.path.dirname(skimage.__file__), "data")
-    photos = [Image.open(os.path.join(data_dir, name)).convert("RGB") for name in _PHOTOS]
-    for index in missing:
-        rng = np.random.default_rng([seed, index])
-        photo = photos[index % len(photos)]
-        width, height = photo.size
-        scale = rng.uniform(0.5, 1.0)
-        crop_width, crop_height = int(width * scale), int(height * scale)
-        left, top = int(rng.integers(0, width - crop_width + 1)), int(rng.integers(0, height - crop_height + 1))
-        image = photo.crop((left, top, left + crop_width, top + crop_height))
-        image = image.resize((int(rng.integers(300, 501)), int(rng.integers(300, 501))), Image.BILINEAR)
-        if rng.integers(0, 2):
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        image.save(paths[index] + ".tmp", "JPEG", quality=90)
-        os.replace(paths[index] + ".tmp", paths[index])
+    for path, encoded in zip(paths, photos.jittered_jpegs(count, seed)):
+        with open(path + ".tmp", "wb") as handle:
+            handle.write(encoded)
+        os.replace(path + ".tmp", path)
     return paths
 
 

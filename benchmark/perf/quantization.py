@@ -65,18 +65,13 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def photo_batch(count: int, side: int, quick: bool) -> list[np.ndarray]:
-    """[1, side, side, 3] float32 0..255 calibration images: scikit-image photos, or random pixels."""
+    """[1, side, side, 3] float32 0..255 calibration images: the bundled photos, or random pixels."""
     rng = np.random.default_rng(0)
     if quick:
         return [rng.uniform(0, 255, (1, side, side, 3)).astype(np.float32) for _ in range(count)]
-    import skimage.data
+    from demo import photos as bundled  # pylint: disable=import-outside-toplevel
 
-    photos = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry"):
-        try:
-            photos.append(np.asarray(getattr(skimage.data, name)())[..., :3])
-        except Exception:  # a few scikit-image photos download on first use: skip those offline
-            continue
+    photos = list(bundled.load_photos().values())
     batch = []
     for index in range(count):
         photo = photos[index % len(photos)]

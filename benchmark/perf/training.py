@@ -25,17 +25,14 @@ The machine is shared with other jobs: numbers are noisy (see the load average p
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
-from PIL import Image
 
 from distillery import records, views
 from trainer import data, loop
@@ -60,32 +57,10 @@ def log(line: str) -> None:
 
 
 def source_photos(count: int, side: int = 256, seed: int = 0) -> list[bytes]:
-    """JPEG bytes of `count` random crops of scikit-image's photos, resized to about `side` pixels."""
-    import skimage.data  # pylint: disable=import-outside-toplevel
+    """JPEG bytes of `count` random crops of the bundled photos, sides between `side` and 1.25 x `side`."""
+    from demo import photos  # pylint: disable=import-outside-toplevel
 
-    photos = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
-                 "retina", "motorcycle_left", "camera"):
-        try:
-            photo = np.asarray(getattr(skimage.data, name)())
-        except Exception:  # a few scikit-image photos download on first use: skip those offline
-            continue
-        photos.append(np.stack([photo] * 3, -1) if photo.ndim == 2 else photo[..., :3])
-    rng = np.random.default_rng(seed)
-    encoded = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        crop_height = int(height * rng.uniform(0.5, 1.0))
-        crop_width = int(min(width, crop_height * rng.uniform(0.75, 1.33)))
-        top, left = rng.integers(0, height - crop_height + 1), rng.integers(0, width - crop_width + 1)
-        patch = Image.fromarray(photo[top:top + crop_height, left:left + crop_width].astype(np.uint8))
-        scale = side / min(patch.size)
-        patch = patch.resize((max(1, round(patch.size[0] * scale)), max(1, round(patch.size[1] * scale))))
-        buffer = io.BytesIO()
-        patch.save(buffer, "JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return photos.jittered_jpegs(count, seed, min_side=side, max_side=int(side * 1.25))
 
 
 def write_benchmark_records(directory: str, teacher, count: int, num_views: int, top_k: int,
