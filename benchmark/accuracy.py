@@ -1,10 +1,10 @@
 """Accuracy of a .tflite classifier on soft-label records: top-1/top-5 and teacher agreement.
 
-Each record's stored image is decoded and its view 0 cropped to the model's input size by
-`distillery.views.crop_view` (the centre crop when the extraction stored one view) — the same
-function extraction and training use, so the benchmark sees the pixels the teacher saw. Records with
-a hard label (label >= 0) count towards top-1 and top-5; every record counts towards agreement with
-the teacher's top-1 class of view 0 (the only accuracy an unlabeled set such as Open Images has).
+Each record's stored image is decoded and its evaluation view (the centre crop,
+`distillery.views.eval_view`, what the trainer evaluates on) resized to the model's input size. Records
+with a hard label (label >= 0) count towards top-1 and top-5; every record counts towards agreement
+with the teacher's top-1 class of stored view 0 (the only accuracy an unlabeled set such as Open Images
+has): extract evaluation sets with --views=1, so that view 0 is that same centre crop.
 The invoke time of every image is summed: that is the runtime of the LPIRC score.
 
 For large evaluation sets `benchmark.accuracy_pipeline` runs the same per-record code in Beam.
@@ -89,9 +89,9 @@ def check_compatible(classifier: tflite_model.Classifier, spec: records.RecordSp
 
 def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelRecord,
                  clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
-    """The counts of one record (one image, view 0)."""
+    """The counts of one record (one image, its centre crop)."""
     try:
-        pixels = quantize.record_view(record, classifier.input_size, classifier.channels)
+        pixels = quantize.record_view(record, classifier.input_size, classifier.channels, view=None)
     except images_module.ImageDecodeError as error:
         logging.warning("record %s: image skipped: %s", record.image_id, error)
         return EvalCounts(undecodable=1)

@@ -22,7 +22,6 @@ its input is raw RGB pixels 0..255. This module converts it the way a phone runs
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import tempfile
@@ -137,8 +136,16 @@ def calibration_images(pattern: str, size: tuple[int, int], steps: int, channels
     return batch
 
 
-def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """View 0 of a record's image as [H, W, C] float32 pixels 0..255 (shared with the benchmark).
+def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels: int = 3,
+                view: int | None = 0) -> np.ndarray:
+    """A view of a record's image as [H, W, C] float32 pixels 0..255 (shared with the benchmark).
+
+    Args:
+      record: the soft-label record.
+      size: (height, width) of the model input.
+      channels: 3, or 1 for a grayscale model (ITU-R 601 luma).
+      view: the stored view to crop (calibration: 0), or None for the evaluation view (the centre crop,
+        `views.eval_view`, what the trainer evaluates on).
 
     Raises:
       images.ImageDecodeError: when the stored image does not decode (the message says why).
@@ -148,20 +155,17 @@ def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels
         with tf.io.gfile.GFile(record.image_path, "rb") as handle:
             encoded = handle.read()
     rgb = images_module.decode_rgb(encoded)
-    pixels = _view_function(tuple(size))(rgb, record.crops[0].astype(np.float32), bool(record.flips[0])).numpy()
+    if view is None:
+        pixels = views.eval_view(tf.constant(rgb), tuple(size)).numpy()
+    else:
+        pixels = views.compiled_crop_view(tuple(size))(rgb, record.crops[view].astype(np.float32),
+                                                       bool(record.flips[view])).numpy()
     if channels == 1:
         # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
         pixels = tf.image.rgb_to_grayscale(pixels).numpy()
     elif channels != 3:
         raise QuantizeError(f"models with {channels} input channels are not supported (1 or 3)")
     return pixels.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _view_function(size: tuple[int, int]):
-    """`views.crop_view` at one output size as a tf.function: one graph call instead of ~10 eager ops."""
-    return tf.function(lambda image, crop, flip: views.crop_view(image, crop, flip, size), input_signature=[
-        tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)])
 
 
 def _pin_input_range(images: list[np.ndarray]) -> list[np.ndarray]:

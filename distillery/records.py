@@ -418,13 +418,15 @@ def teacher_distribution(class_ids: tf.Tensor, logits: tf.Tensor, logsumexp: tf.
 def tf_parser(spec: RecordSpec):
     """A function serialized -> dict of tensors, for tf.data.map over records of `spec`.
 
-    The dict holds: image_id (string), encoded_image (string), label (int64), crops [V, 4] float32,
+    The dict holds: image_id (string), encoded_image (string, may be empty), image_path (string, may be
+    empty), label (int64), crops [V, 4] float32,
     flips [V] bool, class_ids [V, k] int32, logits [V, k] float32, logsumexp [V] float32.
     """
     feature_spec = {
         _VERSION: tf.io.FixedLenFeature([], tf.int64),
         _IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
         _IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        _IMAGE_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
         _LABEL: tf.io.FixedLenFeature([], tf.int64),
         _CROP: tf.io.FixedLenFeature([], tf.string),
         _FLIP: tf.io.FixedLenFeature([], tf.string),
@@ -451,6 +453,7 @@ def tf_parser(spec: RecordSpec):
         return {
             "image_id": features[_IMAGE_ID],
             "encoded_image": features[_IMAGE_ENCODED],
+            "image_path": features[_IMAGE_PATH],
             "label": features[_LABEL],
             "crops": tf.reshape(crops, [views, 4]),
             "flips": tf.reshape(tf.io.decode_raw(features[_FLIP], tf.uint8) > 0, [views]),

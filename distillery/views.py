@@ -6,7 +6,8 @@ them in the soft-label record; the trainer replays a stored view through the sam
 models see the same pixels (up to the re-encoding of the stored image).
 
 Views are a pure function of (image id, seed): a rerun of the extraction writes the same records.
-V = 1 is the centre crop (the central 87.5%, as "resize 256, crop 224"), not flipped; V > 1 samples
+V = 1 is the centre crop (a centred square of 87.5% of the shorter side, as "resize 256, crop 224"),
+not flipped; evaluation everywhere uses the same crop (`eval_view`). V > 1 samples
 RandomResizedCrop boxes (Szegedy et al. 2015: area fraction in [min_scale, 1], aspect ratio in
 [3/4, 4/3], ten tries then the centre crop) and a flip with probability 1/2.
 
@@ -15,8 +16,10 @@ RandomResizedCrop boxes (Szegedy et al. 2015: area fraction in [min_scale, 1], a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -34,10 +37,19 @@ def _rng_for(image_id: str, seed: int) -> np.random.Generator:
 
 
 def centre_crop(height: int, width: int, central_fraction: float = CENTRAL_FRACTION) -> np.ndarray:
-    """[4] box (y_min, x_min, y_max, x_max) of the central square-ish crop, as fractions."""
-    del height, width  # the central fraction is the same on both axes, whatever the shape
-    margin = (1.0 - central_fraction) / 2
-    return np.array([margin, margin, 1 - margin, 1 - margin], np.float64)
+    """[4] box (y_min, x_min, y_max, x_max), as fractions, of the centred square whose side is
+    `central_fraction` of the shorter side (so a 500x375 photo is cropped, not squashed)."""
+    side = central_fraction * min(height, width)
+    y_margin, x_margin = (height - side) / (2 * height), (width - side) / (2 * width)
+    return np.array([y_margin, x_margin, 1 - y_margin, 1 - x_margin], np.float64)
+
+
+def centre_crop_tensor(height, width, central_fraction: float = CENTRAL_FRACTION) -> tf.Tensor:
+    """`centre_crop` for sizes known only in the graph (tf.data): a [4] float32 tensor."""
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    side = central_fraction * tf.minimum(height, width)
+    y_margin, x_margin = (height - side) / (2 * height), (width - side) / (2 * width)
+    return tf.stack([y_margin, x_margin, 1 - y_margin, 1 - x_margin])
 
 
 def sample_views(image_id: str, seed: int, num_views: int, height: int, width: int,
@@ -114,6 +126,20 @@ def crop_view(image: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor, size: int | tu
     patch = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(patch, axis=[1]), lambda: patch)
     resized = tf.image.resize(tf.cast(patch, tf.float32), size, method="bilinear", antialias=True)
     return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def eval_view(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
+    """The evaluation view of an image: its centre crop, not flipped (trainer and benchmark alike)."""
+    shape = tf.shape(image)
+    return crop_view(image, centre_crop_tensor(shape[0], shape[1]), False, size)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_crop_view(size: tuple[int, int]) -> Callable:
+    """`crop_view` at one output size as a tf.function over uint8 images: one graph call per view
+    instead of ~10 eager ops. Cached per process, so every caller shares one traced graph."""
+    signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)]
+    return tf.function(lambda image, crop, flip: crop_view(image, crop, flip, tuple(size)), input_signature=signature)
 
 
 def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -35,7 +35,6 @@ images are never shuffled: reading, decoding and inference fuse into one stage.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -193,7 +192,7 @@ class DecodeAndCropFn(beam.DoFn):
         self._crop = None
 
     def setup(self):
-        self._crop = compiled_crop(self._input_size)
+        self._crop = views.compiled_crop_view(tuple(self._input_size))
 
     def process(self, example: Any) -> Iterator[Any]:
         try:
@@ -206,19 +205,6 @@ class DecodeAndCropFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD, (str(example.image_id), str(example.origin), "decode", reason))
             return
         yield viewed
-
-
-@functools.lru_cache(maxsize=None)
-def compiled_crop(input_size: tuple[int, int]) -> Callable:
-    """views.crop_view as one graph call per view (same ops as eager; no per-op Python dispatch).
-
-    Cached per process: every DoFn instance of a worker shares one traced graph.
-    """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)]
-    return tf.function(lambda image, crop, flip: views.crop_view(image, crop, flip, tuple(input_size)),
-                       input_signature=signature)
 
 
 def make_views(example: Any, image: np.ndarray, crop: Callable, num_views: int, seed: int, min_scale: float,

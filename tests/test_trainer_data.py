@@ -70,7 +70,7 @@ def test_eval_is_one_ordered_pass_of_centre_crops(record_glob):
     np.testing.assert_array_equal(labels, [r.label for r in stored])  # includes the -1 of unlabeled records
     first = stored[0]
     image = data.decode_image(first.encoded_image, "")
-    centre = views.crop_view(image, views.centre_crop(1, 1), False, 32).numpy()
+    centre = views.eval_view(image, 32).numpy()
     np.testing.assert_allclose(batches[0][0][0].numpy(), centre, atol=1e-3)
     assert data.count_records(record_glob) == 12
 
@@ -119,3 +119,31 @@ def test_decoded_pixels_equal_extractions_decoder_for_jpeg_and_png():
         np.testing.assert_array_equal(data.decode_image(encoded, "").numpy(), expected)  # eager
         in_map = tf.data.Dataset.from_tensors(encoded).map(lambda e: data.decode_image(e, ""))  # inside tf.data
         np.testing.assert_array_equal(next(iter(in_map)).numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["RGBA-PNG", "CMYK-JPEG", "I16-PNG", "RGB-TIFF"])
+def test_original_files_decode_like_extraction_eagerly_and_in_dataset_map(tmp_path, kind):
+    """A path-only record's original goes through extraction's decoder: alpha on white, CMYK, 16-bit, TIFF."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from distillery import images
+
+    rng = np.random.default_rng(0)
+    mode, fmt = kind.split("-")
+    if mode == "I16":
+        pil = Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16), "I;16")
+    elif mode == "RGBA":
+        pil = Image.fromarray(rng.integers(0, 256, (12, 10, 4), dtype=np.uint8), "RGBA")
+    else:
+        pil = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    pil.save(buffer, fmt)
+    path = tmp_path / f"original.{fmt.lower()}"
+    path.write_bytes(buffer.getvalue())
+    expected = images.decode_rgb(buffer.getvalue())
+    np.testing.assert_array_equal(data.decode_image(tf.constant(b""), tf.constant(str(path))).numpy(), expected)
+    mapped = tf.data.Dataset.from_tensors(str(path)).map(lambda p: data.decode_image(tf.constant(b""), p))
+    np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)

@@ -18,8 +18,26 @@ def _encode(array, fmt, **kwargs):
 
 def test_one_view_is_the_unflipped_centre_crop():
     crops, flips = views.sample_views("any", 0, 1, 300, 400)
-    np.testing.assert_allclose(crops[0], [0.0625, 0.0625, 0.9375, 0.9375], atol=1 / records.CROP_SCALE)
+    # A centred square of 0.875 x 300 = 262.5 pixels: rows 18.75..281.25 of 300, columns 68.75..331.25 of 400.
+    np.testing.assert_allclose(crops[0], [18.75 / 300, 68.75 / 400, 281.25 / 300, 331.25 / 400],
+                               atol=1 / records.CROP_SCALE)
     assert not flips[0]
+
+
+def test_eval_view_is_the_centre_crop_eagerly_and_in_dataset_map():
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    expected = views.crop_view(image, views.centre_crop(30, 50).astype(np.float32), False, 8).numpy()
+    np.testing.assert_allclose(views.eval_view(tf.constant(image), 8).numpy(), expected, atol=1e-4)
+    mapped = next(iter(tf.data.Dataset.from_tensors(image).map(lambda img: views.eval_view(img, 8))))
+    np.testing.assert_allclose(mapped.numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(views.centre_crop_tensor(30, 50).numpy(), views.centre_crop(30, 50), atol=1e-6)
+
+
+def test_compiled_crop_view_equals_eager_crop_view():
+    image = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    crop = np.array([0.1, 0.2, 0.8, 0.9], np.float32)
+    np.testing.assert_allclose(views.compiled_crop_view((6, 7))(image, crop, True).numpy(),
+                               views.crop_view(tf.constant(image), crop, True, (6, 7)).numpy(), atol=1e-5)
 
 
 def test_views_are_deterministic_per_id_and_seed_and_within_bounds():

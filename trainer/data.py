@@ -25,28 +25,41 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from distillery import records, views
+from distillery import images, records, views
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 1024
 DEFAULT_CYCLE_LENGTH = 8
-# records.tf_parser does not return the `image/path` feature (see the record table in
-# distillery/records.py); records whose image bytes are empty are read from that path.
-_IMAGE_PATH = "image/path"
-_IMAGE_PATH_FEATURE = {_IMAGE_PATH: tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+
+def _decode_original(data: bytes | np.ndarray) -> np.ndarray:
+    # tf.numpy_function hands a scalar string over as bytes inside a graph (tf.data), but as a 0-d
+    # object array holding the bytes when called eagerly.
+    return images.decode_rgb(data.item() if isinstance(data, np.ndarray) else data)
 
 
 def decode_image(encoded: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
     """[H, W, 3] uint8 RGB from a record's image bytes, or from the file at `path` when the bytes are empty.
 
-    JPEGs are decoded with the accurate integer DCT, which gives exactly the pixels of PIL (what
-    extraction decodes with, distillery.images.decode_rgb); TensorFlow's default fast DCT differs by up
-    to ~5 levels per pixel, so the student would not see quite the teacher's pixels.
+    The stored image is an RGB JPEG (or PNG) that extraction re-encoded; it is decoded in the graph, JPEGs
+    with the accurate integer DCT, which gives exactly the pixels of PIL (TensorFlow's default fast DCT
+    differs by up to ~5 levels per pixel). An original file (path-only record) can be anything extraction
+    accepted (CMYK, alpha, 16-bit, TIFF, ...), so it goes through extraction's own decoder,
+    distillery.images.decode_rgb, and the student sees the pixels the teacher saw.
     """
-    data = tf.cond(tf.strings.length(encoded) > 0, lambda: encoded, lambda: tf.io.read_file(path))
-    image = tf.cond(tf.io.is_jpeg(data),
-                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+    def stored():
+        image = tf.cond(tf.io.is_jpeg(encoded),
+                        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+                        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+        image.set_shape([None, None, 3])
+        return image
+
+    def original():
+        image = tf.numpy_function(_decode_original, [tf.io.read_file(path)], tf.uint8, stateful=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    image = tf.cond(tf.strings.length(encoded) > 0, stored, original)
     image.set_shape([None, None, 3])
     return image
 
@@ -110,12 +123,10 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
 
     def replay(position: tf.Tensor, example: tf.Tensor):
         parsed = parse(example)
-        image_path = tf.io.parse_single_example(example, _IMAGE_PATH_FEATURE)[_IMAGE_PATH]
-        image = decode_image(parsed["encoded_image"], image_path)
+        image = decode_image(parsed["encoded_image"], parsed["image_path"])
         label = tf.cast(parsed["label"], tf.int32)
         if not training:
-            centre = tf.constant(views.centre_crop(1, 1), tf.float32)
-            return views.crop_view(image, centre, False, image_size), {"labels": label}
+            return views.eval_view(image, image_size), {"labels": label}
         view = tf.random.stateless_uniform([], seed=tf.stack([view_seed, position]), minval=0,
                                            maxval=spec.num_views, dtype=tf.int32)
         crop, flip = parsed["crops"][view], parsed["flips"][view]
