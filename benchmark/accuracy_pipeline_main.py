@@ -14,18 +14,21 @@ from absl import app
 from absl import flags
 
 from benchmark import accuracy_pipeline
+from pipelines import beam_options
 
 _MODEL = flags.DEFINE_string("model", None, "The .tflite model (local or gs://).")
 _EVAL = flags.DEFINE_string("eval", None, "Glob(s) of soft-label records, comma-separated.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the summed counts go (JSON; local or gs://).")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads per worker.")
-_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Beam options, comma-separated.")
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Beam options as one string (or after `--`).")
 
 flags.mark_flags_as_required(["model", "eval"])
 
 
 def main(argv: list[str]) -> None:
-    beam_args = list(argv[1:]) + [option for option in _BEAM_PIPELINE_OPTIONS.value.split(",") if option]
+    positional, beam_args = beam_options.split_argv(argv[1:], _BEAM_PIPELINE_OPTIONS.value)
+    if positional:
+        raise app.UsageError(f"unexpected arguments {positional}: Beam options go after `--`")
     counts = accuracy_pipeline.run(_MODEL.value, _EVAL.value, beam_args, _NUM_THREADS.value, _OUTPUT.value)
     print(json.dumps({"model": _MODEL.value, "images": counts.images, "top1": counts.top1, "top5": counts.top5,
                       "teacher_agreement": counts.teacher_agreement, "runtime_ms": round(counts.runtime_ms, 3)}))

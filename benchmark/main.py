@@ -28,6 +28,7 @@ from benchmark import op_profile
 from benchmark import report
 from benchmark import tflite_model
 from distillery import records
+from pipelines import beam_options
 
 _EVAL = flags.DEFINE_string("eval", None, "Glob of soft-label records to evaluate on (view 0 of each).")
 _EVAL_LIMIT = flags.DEFINE_integer("eval_limit", None, "Evaluate at most this many records.")
@@ -40,7 +41,8 @@ _PROFILE = flags.DEFINE_bool("profile", False, "Also time every op as a single-o
 _PROFILE_RUNS = flags.DEFINE_integer("profile_runs", 50, "Timed runs per single-op model.")
 _CPU = flags.DEFINE_integer("cpu", None, "Pin the process to this CPU while timing (Linux).")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.json, report.md and the PNGs go.")
-_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Beam options, comma-separated.")
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", "", "Beam options for --eval_runner=beam, as one string (or after `--`).")
 
 flags.mark_flag_as_required("report_dir")
 
@@ -56,9 +58,7 @@ def _check_inputs(paths: list[str]) -> dict[str, tflite_model.Classifier]:
 
 
 def main(argv: list[str]) -> None:
-    paths = [arg for arg in argv[1:] if arg.endswith(".tflite") or not arg.startswith("-")]
-    beam_args = [arg for arg in argv[1:] if arg not in paths]
-    beam_args += [option for option in _BEAM_PIPELINE_OPTIONS.value.split(",") if option]
+    paths, beam_args = beam_options.split_argv(argv[1:], _BEAM_PIPELINE_OPTIONS.value)
     if not paths:
         raise app.UsageError("give at least one MODEL.tflite")
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from typing import Sequence
 
 import matplotlib
@@ -121,7 +122,22 @@ def plot_per_op(profile: op_profile.OpProfile, title: str, path: str, top: int =
 
 def write_report(entries: Sequence[dict], report_dir: str,
                  profiles: dict[str, op_profile.OpProfile] | None = None) -> dict[str, str]:
-    """Writes report.json, report.md and the PNGs into `report_dir`; returns {what: path}."""
+    """Writes report.json, report.md and the PNGs into `report_dir` (local or gs://); returns {what: path}.
+
+    matplotlib and open() write local files only: a gs:// report is written to a temporary folder and
+    copied with tf.io.gfile (a k8s benchmark Job's pod is gone once it exits).
+    """
+    if "://" in report_dir:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        with tempfile.TemporaryDirectory() as local_dir:
+            local = write_report(entries, local_dir, profiles)
+            tf.io.gfile.makedirs(report_dir)
+            written = {}
+            for what, path in local.items():
+                written[what] = f"{report_dir.rstrip('/')}/{os.path.basename(path)}"
+                tf.io.gfile.copy(path, written[what], overwrite=True)
+            return written
     os.makedirs(report_dir, exist_ok=True)
     written = {"json": os.path.join(report_dir, "report.json"), "markdown": os.path.join(report_dir, "report.md")}
     with open(written["json"], "w", encoding="utf-8") as handle:

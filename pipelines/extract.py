@@ -16,14 +16,13 @@ through untouched; with no --runner the job runs in this process on Beam's FnApi
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Sequence
 
 from absl import app, flags
 
 from distillery import records, views
-from pipelines import extraction
+from pipelines import beam_options, extraction
 
 _SOURCE = flags.DEFINE_string("source", None, "Image source spec: tfds:NAME[:SPLIT], folder:DIR, glob:PATTERN, "
                               "openimages_csv:CSV[:IMAGE_DIR], tfrecord:GLOB, idx:DIR[:train|test].")
@@ -66,7 +65,10 @@ def config_from_flags() -> extraction.ExtractConfig:
 
 def beam_args_from(argv: Sequence[str]) -> list[str]:
     """--beam_pipeline_options split like a shell would, then everything after `--`, untouched."""
-    return shlex.split(_BEAM_PIPELINE_OPTIONS.value or "") + [arg for arg in argv[1:] if arg != "--"]
+    positional, beam_args = beam_options.split_argv(argv[1:], _BEAM_PIPELINE_OPTIONS.value)
+    if positional:
+        raise app.UsageError(f"unexpected arguments {positional}: Beam options go after `--`")
+    return beam_args
 
 
 def main(argv: Sequence[str]) -> None:

@@ -61,6 +61,10 @@ _DEFAULT_MIN_SCALE = views.DEFAULT_MIN_SCALE  # (the config's `views` field hide
 _RECORD_RANK, _DEAD_RANK = 0, 1
 
 
+# Sources whose inputs are not image files (image/path can only hold a reference into a dataset).
+SOURCES_WITHOUT_FILES = ("tfds", "tfrecord", "idx")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
     """Everything the job needs besides the Beam options (one field per command-line flag).
@@ -115,6 +119,12 @@ class ExtractConfig:
             (self.logit_dtype in records.LOGIT_DTYPES,
              f"--logit_dtype must be one of {records.LOGIT_DTYPES}, got {self.logit_dtype!r}"),
             (self.store_image_max_side >= 0, f"--store_image_max_side must be >= 0, got {self.store_image_max_side}"),
+            # The trainer replays views from the image: a source without image files (tfds, tfrecord,
+            # idx) leaves only a reference like tfds:imagenet2012:train[5] in image/path, which no one
+            # can open, so its images must be stored in the records.
+            (self.store_image_max_side > 0 or self.source.split(":", 1)[0] not in SOURCES_WITHOUT_FILES,
+             f"--store_image_max_side must be > 0 (e.g. 320) for --source={self.source}: it has no image files "
+             "the trainer could read the views from"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
             (self.num_shards >= 0, f"--num_shards must be >= 0, got {self.num_shards}"),
             (self.examples_per_shard is None or self.examples_per_shard >= 1,
@@ -390,10 +400,6 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
     logging.info("extract: %s -> %s: %d shard(s), teacher %s at %dx%d, %d classes, %d view(s)", config.source,
                  config.output, len(shards), "+".join(names), input_size[0], input_size[1], teacher.num_classes,
                  config.views)
-    if config.store_image_max_side == 0 and config.source.split(":", 1)[0] in ("tfds", "tfrecord", "idx"):
-        logging.warning("extract: %s has no image files to point at; image/path will hold a reference like "
-                        "%s[index] that the trainer cannot open: consider --store_image_max_side (e.g. 320)",
-                        config.source, config.source)
     pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args, save_main_session)
     build(pipeline, config, shards, source, teacher_loader, handle, names, input_size)
     start = time.monotonic()

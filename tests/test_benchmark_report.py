@@ -74,6 +74,23 @@ def test_model_entry_and_report_files(tmp_path):
         assert matplotlib.image.imread(written[key]).shape[0] > 100
 
 
+def test_report_to_a_remote_file_system_is_copied_there():
+    """A gs:// report_dir is written locally and copied with tf.io.gfile; TF's ram:// stands in for GCS
+    here (tf.io.gfile's GCS endpoint cannot be pointed at an emulator, DESIGN.md decision 5)."""
+    import tensorflow as tf
+
+    counts = accuracy.EvalCounts(images=10, labelled=10, top1_correct=7, top5_correct=9, teacher_agree=8,
+                                 runtime_ms=20.0)
+    entries = [report.model_entry("/m/a_int8.tflite", 1000, _stats(2.0), 1, None, counts)]
+    written = report.write_report(entries, "ram://reports/run1", None)
+    assert written["json"] == "ram://reports/run1/report.json"
+    with tf.io.gfile.GFile(written["json"]) as handle:
+        assert json.load(handle)["models"][0]["top1"] == 0.7
+    with tf.io.gfile.GFile(written["markdown"]) as handle:
+        assert "a_int8.tflite" in handle.read()
+    assert sorted(tf.io.gfile.listdir("ram://reports/run1")) == ["accuracy_vs_latency.png", "report.json", "report.md"]
+
+
 def _run(args, timeout=240):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 

@@ -172,7 +172,7 @@ def test_tfds_mock_data_imagenet2012_and_open_images_v4(tmp_path):
 
     for name, split in (("imagenet2012", "validation"), ("open_images_v4", "train")):
         spec = f"tfds:{name}:{split}"
-        config = _config(tmp_path / name, spec, max_examples=4)
+        config = _config(tmp_path / name, spec, max_examples=4, store_image_max_side=64)
         with tfds.testing.mock_data(num_examples=6):
             _run(config)
             # What the job should have read (tests/test_sources_tfds.py checks these against tfds itself).
@@ -183,9 +183,17 @@ def test_tfds_mock_data_imagenet2012_and_open_images_v4(tmp_path):
             record = written[example.image_id]
             assert record.label == example.label and (example.label >= 0) == (name == "imagenet2012")
             assert record.image_path == example.origin and record.image_path.startswith(f"{spec}[")
+            assert max(images.decode_rgb(record.encoded_image).shape[:2]) <= 64  # stored: tfds has no files
             _, _, logits = expected_logits(example.encoded, example.image_id, config)
             assert record.top_k == NUM_CLASSES and top1(record, 0) == int(np.argmax(logits[0]))  # full logits
             np.testing.assert_allclose(record.logits[0], logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_sources_without_image_files_must_store_images(tmp_path):
+    for spec in ("tfds:imagenet2012:validation", "tfrecord:/data/x-*", "idx:/usr/share/datasets/fashion-mnist"):
+        with pytest.raises(ValueError, match=r"--store_image_max_side must be > 0 .* --source=" + re.escape(spec)):
+            _config(tmp_path, spec).validate()
+    _config(tmp_path, "folder:/data/photos").validate()  # files: the path is enough
 
 
 def test_gcs_round_trip_on_the_emulator(tmp_path, gcs_emulator):
