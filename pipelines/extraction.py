@@ -168,8 +168,10 @@ class ReadShardFn(beam.DoFn):
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read_failed")
 
     def process(self, shard: Any) -> Iterator[Any]:
+        already_read = 0
         try:
             for item in self._source.read_shard(shard):
+                already_read += 1
                 self._read.inc()
                 if _is_failure(item):
                     self._failed.inc()
@@ -177,10 +179,14 @@ class ReadShardFn(beam.DoFn):
                 else:
                     yield item
         except Exception as error:  # pylint: disable=broad-except  # an unreadable shard must not stop the job
-            self._read.inc()
-            self._failed.inc()
-            name = str(shard)
-            yield beam.pvalue.TaggedOutput(DEAD, (name, name, "read", f"cannot read shard: {type(error).__name__}: {error}"))
+            reason = f"shard failed after {already_read} input(s): {type(error).__name__}: {error}"
+            # Every input the shard still held is accounted for, one dead letter each where the shard
+            # knows them; a shard that does not (a TFRecord file) gets one dead letter for its rest.
+            unread = self._source.unread_inputs(shard, already_read)
+            for image_id, origin in unread if unread is not None else [(f"{shard}[{already_read}:]",) * 2]:
+                self._read.inc()
+                self._failed.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, (image_id, origin, "read", reason))
 
 
 class DecodeAndCropFn(beam.DoFn):

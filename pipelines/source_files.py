@@ -104,6 +104,9 @@ class _FileListSource(ImageSource):
     def read_shard(self, shard: FileShard) -> Iterator[SourceItem]:
         return read_file_shard(shard)
 
+    def unread_inputs(self, shard: FileShard, already_read: int) -> list[tuple[str, str]]:
+        return [(image_id, location) for image_id, location, _ in shard.entries[already_read:]]
+
 
 def _strip_directory(path: str) -> str:
     stripped = path.rstrip("/")

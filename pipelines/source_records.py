@@ -231,6 +231,10 @@ class IdxSource(ImageSource):
         return [IdxShard(start, min(start + self.examples_per_shard, self.num_examples))
                 for start in range(0, self.num_examples, self.examples_per_shard)]
 
+    def unread_inputs(self, shard: IdxShard, already_read: int) -> list[tuple[str, str]]:
+        return [(f"{self.split}/{index:05d}", f"{self.images_path}[{index}]")
+                for index in range(shard.start + already_read, shard.stop)]
+
     def read_shard(self, shard: IdxShard) -> Iterator[SourceItem]:
         try:
             images, labels = read_idx(self.images_path), read_idx(self.labels_path)

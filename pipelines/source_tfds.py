@@ -139,6 +139,13 @@ class TfdsSource(ImageSource):
     def shards(self) -> list[TfdsShard]:
         return list(self._shards)
 
+    def unread_inputs(self, shard: TfdsShard, already_read: int) -> list[tuple[str, str]] | None:
+        if shard.start is None:
+            return None
+        # TFDS ids are only known once read: the origin stands in for the id of what was never read.
+        base = shard.split.split("[")[0]
+        return [(f"tfds:{self.name}:{base}[{index}]",) * 2 for index in range(shard.start + already_read, shard.stop)]
+
     def read_shard(self, shard: TfdsShard) -> Iterator[SourceItem]:
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
         if shard.start is None:

@@ -89,6 +89,16 @@ class ImageSource(abc.ABC):
     def read_shard(self, shard: Any) -> Iterator[SourceItem]:
         """Yields the examples (or read failures) of one shard, in a deterministic order."""
 
+    def unread_inputs(self, shard: Any, already_read: int) -> list[tuple[str, str]] | None:
+        """(image id, origin) of the inputs of `shard` after its first `already_read`, when the shard
+        knows them without reading (file lists, index ranges); None when it does not (a TFRecord file).
+
+        A job whose read of a shard fails part-way dead-letters each of these, so that no input is
+        silently lost.
+        """
+        del shard, already_read
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, max_examples={self.max_examples})"
 

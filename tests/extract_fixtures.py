@@ -43,8 +43,12 @@ def load_fake_teacher():
     return FakeTeacher()
 
 
+RAISE = "RAISE"  # a str, not bytes: survives pickling to Beam workers and is never image data
+
+
 class ListSource:
-    """An in-memory ImageSource: shards of (image_id, bytes or None, label, origin); None = read failure."""
+    """An in-memory ImageSource: shards of (image_id, bytes or None, label, origin); None = read failure,
+    RAISE = the shard's reader itself fails there (a storage error part-way through a shard)."""
 
     def __init__(self, items, per_shard=3):
         self.items = list(items)
@@ -53,8 +57,13 @@ class ListSource:
     def shards(self):
         return [tuple(self.items[i:i + self.per_shard]) for i in range(0, len(self.items), self.per_shard)]
 
+    def unread_inputs(self, shard, already_read):
+        return [(image_id, origin) for image_id, _, _, origin in shard[already_read:]]
+
     def read_shard(self, shard):
         for image_id, encoded, label, origin in shard:
+            if encoded == RAISE:
+                raise OSError(f"storage went away at {origin}")
             if encoded is None:
                 yield sources.ReadFailure(image_id, origin, "cannot read: FileNotFoundError: gone")
             else:

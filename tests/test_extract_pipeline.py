@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from distillery import images, records
-from extract_fixtures import (INPUT_SIZE, LOADS, NUM_CLASSES, FakeTeacher, ListSource, encode, expected_logits,
+from extract_fixtures import (RAISE, INPUT_SIZE, LOADS, NUM_CLASSES, FakeTeacher, ListSource, encode, expected_logits,
                               good_items, load_fake_teacher, photo)
 from pipelines import extraction
 
@@ -129,6 +129,17 @@ def test_every_input_is_one_record_or_one_dead_letter(tmp_path):
     assert len(written) + len(dead) == len(all_items) == counters["read"]
     assert (counters["written"], counters["dead_letters"], counters["duplicates"]) == (4, 5, 2)
     assert (counters["read_failed"], counters["decode_failed"], counters["teacher_failed"]) == (1, 2, 1)
+
+
+def test_a_shard_that_fails_part_way_dead_letters_each_unread_input(tmp_path):
+    items = good_items(6)
+    items[4] = ("img004", RAISE, 4, "/data/img004.png")  # second shard: img003 read, then the reader fails
+    result, written, dead = run_job(tmp_path, items, per_shard=3)
+    assert sorted(written) == ["img000", "img001", "img002", "img003"]
+    assert sorted(letter["image_id"] for letter in dead) == ["img004", "img005"]
+    assert all(letter["stage"] == "read" and "shard failed after 1 input(s): OSError: storage went away"
+               in letter["reason"] for letter in dead)
+    assert len(written) + len(dead) == len(items) == result.counters["read"]
 
 
 def load_fake_ensemble():
