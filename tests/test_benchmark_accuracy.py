@@ -145,3 +145,14 @@ def test_model_that_does_not_fit_the_records_is_named(setup, tmp_path):
         accuracy.evaluate(str(path), setup["records"])
     with pytest.raises(tflite_model.ModelFileError, match="seven_classes.tflite"):
         accuracy_pipeline.run(str(path), setup["records"], test_pipeline=beam.Pipeline(runner=FnApiRunner()))
+
+
+def test_an_undecodable_image_counts_in_t_and_as_wrong(setup):
+    classifier = tflite_model.Classifier.from_file(setup["paths"]["float32"], 1)
+    broken = records.make_record("broken", 1, ["t"], [[0, 0, 1, 1]], [False], np.zeros((1, CLASSES), np.float32), 3,
+                                 encoded_image=b"\x89PNG\r\n\x1a\n truncated")
+    counts = accuracy.score_record(classifier, broken)
+    assert (counts.images, counts.labelled, counts.top1_correct, counts.top5_correct, counts.undecodable) == (1, 1, 0, 0, 1)
+    good = accuracy.evaluate(setup["paths"]["float32"], setup["records"])
+    both = good + counts
+    assert both.images == COUNT + 1 and both.top1 == pytest.approx(good.top1_correct / (good.labelled + 1))
