@@ -80,20 +80,32 @@ class Stages:
         logging.info("=== stage %d/%d: %s (%.0f s so far) ===", self.number, self.total, title,
                      time.perf_counter() - self.start)
 
-    def _run_one(self, command: Command) -> None:
+    def _run_one(self, command: Command, running: dict) -> None:
         argv = command_line(command.name, command.args)
         logging.info("$ %s", " ".join(argv))
         began = time.perf_counter()
-        completed = subprocess.run(argv, check=False)
+        process = subprocess.Popen(argv)
+        running[command.label] = process
+        returncode = process.wait()
         self.seconds[command.label] = round(time.perf_counter() - began, 1)
-        if completed.returncode != 0:
-            raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {completed.returncode}")
+        if returncode != 0:
+            raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {returncode}")
 
     def run(self, commands: Sequence[Command]) -> None:
-        """Runs the commands, `parallel` at a time; raises on the first that fails."""
+        """Runs the commands, `parallel` at a time; on the first failure stops the others and raises."""
+        running: dict[str, subprocess.Popen] = {}
         with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-            for future in [pool.submit(self._run_one, command) for command in commands]:
-                future.result()
+            futures = [pool.submit(self._run_one, command, running) for command in commands]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                for process in running.values():
+                    if process.poll() is None:
+                        process.terminate()
+                raise
 
 
 def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_data.FASHION_MNIST_DIR) -> dict:
