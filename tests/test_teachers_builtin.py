@@ -63,7 +63,7 @@ def test_chelsea_is_a_cat(teacher):
     assert logits.shape == (1, 1000) and logits.dtype == np.float32
     top1 = int(np.argmax(logits[0]))
     assert 281 <= top1 <= 285, imagenet.class_names()[top1]  # tabby .. Egyptian cat
-    # Measured: Egyptian cat 0.75, tiger cat 0.14, tabby 0.10; all three cat classes lead.
+    # Measured: Egyptian cat 0.71, tiger cat 0.15, tabby 0.13; all three cat classes lead.
     assert set(np.argsort(-logits[0])[:3]) == {281, 282, 285}
 
 
@@ -84,8 +84,8 @@ def test_photos_top5_are_sensible(teacher):
     logits = teacher.predict(batch, batch_size=3)  # two batches: 3 + 1
     top5 = {name: [int(i) for i in np.argsort(-row)[:5]] for name, row in zip(photos, logits)}
     assert top5["coffee"][0] == 967 and 968 in top5["coffee"]  # espresso; cup
-    assert top5["grace_hopper"][0] == 652 and 457 in top5["grace_hopper"][:3]  # military uniform; bow tie
-    assert {657, 744} <= set(top5["rocket"])  # missile, projectile (top-1 is obelisk: the tower)
+    assert set(top5["grace_hopper"][:2]) == {457, 652}  # bow tie and military uniform lead
+    assert {812, 657, 744} <= set(top5["rocket"])  # space shuttle, missile, projectile
     assert set(top5["china"][:3]) <= {832, 663, 698, 442, 497}  # stupa, monastery, palace, bell cote, church
 
 
