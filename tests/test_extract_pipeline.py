@@ -71,7 +71,8 @@ def test_centre_crop_full_logits_float16_and_stored_image(tmp_path):
     for image_id, encoded, _, _ in items:
         record = written[image_id]
         crops, flips, logits = expected_logits(encoded, image_id, config)
-        np.testing.assert_allclose(record.crops[0], [0.0625, 0.0625, 0.9375, 0.9375], atol=1e-4)
+        # 48x64 photos: a centred 42x42 square (87.5% of the shorter side).
+        np.testing.assert_allclose(record.crops[0], [0.0625, 11 / 64, 0.9375, 53 / 64], atol=1e-4)
         assert not record.flips[0] and record.top_k == NUM_CLASSES and record.logit_dtype == "float16"
         np.testing.assert_allclose(record.logits, logits.astype(np.float16).astype(np.float32), rtol=1e-3)
         stored = images.decode_rgb(record.encoded_image)
