@@ -1,5 +1,5 @@
 # Distillery's container image: every job (extract, train, factorize, quantize, benchmark, submit)
-# from one image, as the Kubernetes manifests in k8s/ and Dataflow run it (docs/cluster.md).
+# from one image, as the Kubernetes manifests in k8s/ and Dataflow run it (README.md, "Running on a cluster").
 #
 #   docker build --build-arg VARIANT=cpu -t REGISTRY/distillery:0.1.0-cpu .
 #   docker build --build-arg VARIANT=gpu -t REGISTRY/distillery:0.1.0-gpu .

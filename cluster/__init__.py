@@ -1,1 +1,1 @@
-"""Running Distillery on a cluster: Kubernetes manifests, Dataflow and Flink submission (docs/cluster.md)."""
+"""Running Distillery on a cluster: Kubernetes manifests, Dataflow and Flink submission (README.md, "Running on a cluster")."""

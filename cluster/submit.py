@@ -1,4 +1,4 @@
-"""distillery-submit: run Distillery's jobs on a cluster (docs/cluster.md).
+"""distillery-submit: run Distillery's jobs on a cluster (README.md, "Running on a cluster").
 
 Actions:
   render    print one job's Kubernetes manifests (kustomize overlay + parameters) as YAML;

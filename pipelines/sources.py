@@ -12,7 +12,7 @@ all (missing, unreadable, URL not fetchable) comes out as a `ReadFailure` with t
 can write it to its dead letters. Whether the bytes are a decodable image is decided later, by
 `distillery.images.decode_rgb`.
 
-Specs (docs/sources.md has the full table):
+Specs (README.md "Image sources" has the full table):
   tfds:NAME[:SPLIT]                 imagenet2012, open_images_v4, fashion_mnist, ... (TFDS_DATA_DIR)
   folder:DIR                        class sub-folders; ImageNet synset names -> ImageNet indices
   glob:PATTERN                      unlabeled files (the Open Images layout)

@@ -9,7 +9,7 @@ Online baseline (the teacher runs inside the step on the same view):
 
     distillery-train ... --teacher=builtin:mobilenet_v2_imagenet
 
-Multi-worker: set TF_CONFIG on every worker and pass --strategy=multi_worker (see docs/train.md).
+Multi-worker: set TF_CONFIG on every worker and pass --strategy=multi_worker (README.md "Training").
 Outputs: DIR/student.keras, DIR/saved_model/, DIR/summary.json, DIR/logs/ (TensorBoard), DIR/checkpoints/.
 A rerun with the same --model_dir resumes from the latest checkpoint.
 """
