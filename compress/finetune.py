@@ -28,7 +28,7 @@ from trainer import data
 from trainer import loop
 
 MODES = ("layerwise", "oneshot")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = loop.OPTIMIZERS
 
 
 @dataclasses.dataclass
@@ -86,13 +86,6 @@ def set_trainable(model: keras.Model, trainable_names: set[str] | None) -> None:
         layer.trainable = trainable_names is None or layer.name in trainable_names
 
 
-def _optimizer(config: FinetuneConfig, steps: int) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(steps, 1))
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
-    return keras.optimizers.Adam(learning_rate=schedule)
-
-
 def finetune(model: keras.Model, config: FinetuneConfig, steps: int, dataset_iterator,
              trainable_names: set[str] | None = None, label: str = "fine-tune",
              log: Callable[[str], None] = print) -> dict:
@@ -113,7 +106,7 @@ def finetune(model: keras.Model, config: FinetuneConfig, steps: int, dataset_ite
     set_trainable(model, trainable_names)
     if steps <= 0:
         return {"steps": 0, "loss": None, "train_top1": None, "images_per_second": None}
-    optimizer = _optimizer(config, steps)
+    optimizer = loop.make_optimizer(config.optimizer, config.learning_rate, steps)
     step_fn = tf.function(loop.make_train_step(model, optimizer, tf.distribute.get_strategy(), config.batch_size,
                                                config.alpha, config.temperature))
     sums = {"loss": 0.0, "correct": 0.0, "labeled": 0.0, "examples": 0.0}

@@ -164,9 +164,11 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
     return spec
 
 
-def _make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.steps)
-    if config.optimizer == "adam":
+def make_optimizer(name: str, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+    """`name` (adam, or sgd with Nesterov momentum 0.9) with a cosine decay of `learning_rate` over
+    `steps`; the trainer and the factorize job's fine-tuning share it."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    if name == "adam":
         return keras.optimizers.Adam(learning_rate=schedule)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
 
@@ -248,7 +250,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
 
     with strategy.scope():
         student = students.build_student(config.student, config.width, config.image_size, spec.num_classes)
-        optimizer = _make_optimizer(config)
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.steps)
         optimizer.build(student.trainable_variables)  # slots exist before a restore
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, step=step)
