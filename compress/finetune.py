@@ -168,17 +168,25 @@ def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config:
                                                     "oneshot", log)})
     else:
         current = model
-        per_layer = config.steps // max(len(order), 1)
+        # The same total number of steps as oneshot, spread over the layers (the first layers take the
+        # remainder), so the two modes are compared at equal cost.
+        per_layer = [config.steps // max(len(order), 1) + (index < config.steps % max(len(order), 1))
+                     for index in range(len(order))]
+        if order and config.steps and min(per_layer) == 0:
+            log(f"layerwise: {config.steps} steps for {len(order)} layers: some layers get no fine-tuning")
         for index, name in enumerate(order):
             current = factorize.factorize_model(current, {name: ranks[name]})
             trainable = {name + factorize.FIRST_SUFFIX, name + factorize.SECOND_SUFFIX}
             label = f"layerwise {index + 1}/{len(order)} {name} (rank {ranks[name]})"
-            phases.append({"layers": [name], **finetune(current, config, per_layer, dataset_iterator, trainable,
-                                                         label, log)})
+            phases.append({"layers": [name], **finetune(current, config, per_layer[index], dataset_iterator,
+                                                         trainable, label, log)})
     set_trainable(current, None)
     return current, phases
 
 
 def evaluate_top1(model: keras.Model, pattern: str, batch_size: int = 100) -> float:
     """Top-1 of the Keras model on the labelled records of `pattern` (centre crop; `trainer.loop.evaluate`)."""
-    return float(loop.evaluate(model, pattern, image_size_of(model), batch_size)["top1"])
+    top1 = loop.evaluate(model, pattern, image_size_of(model), batch_size)["top1"]
+    if top1 is None:
+        raise ValueError(f"--eval={pattern}: no record has a label (-1 everywhere), so there is no top-1")
+    return float(top1)
