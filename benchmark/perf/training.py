@@ -34,7 +34,7 @@ import time
 import tensorflow as tf
 from absl import app, flags, logging
 
-from distillery import records, views
+from distillery import images, records, views
 from trainer import data, loop
 
 TEACHER_SPEC = "builtin:mobilenet_v2_imagenet"
@@ -71,7 +71,7 @@ def write_benchmark_records(directory: str, teacher, count: int, num_views: int,
     start = time.perf_counter()
     per_file = [[] for _ in range(num_files)]
     for index, encoded in enumerate(photos):
-        image = tf.io.decode_jpeg(encoded, channels=3)
+        image = images.decode_rgb(encoded)  # extraction's decoder: the pixels the trainer replays
         image_id = f"photo{index:05d}"
         crops, flips = views.sample_views(image_id, 0, num_views, int(image.shape[0]), int(image.shape[1]))
         logits = teacher.predict(views.crop_views(image, crops, flips, teacher.input_size), batch_size=num_views)
