@@ -4,18 +4,17 @@ They are the inputs of the README's ImageNet example, of the built-in teacher's 
 speed benchmarks (DESIGN.md decision 7: nothing is downloaded; the scikit-image photos that download on
 first use are not listed).
 
-    .venv/bin/python -m demo.photos --output_dir=runs/photos/images   # copies them into one folder
+    .venv/bin/python -m demo.copy_photos --output_dir=runs/photos/images   # copies them into one folder
+
+This module defines no flags, so the speed benchmarks (which have their own --output_dir) can import it.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import shutil
-from typing import Sequence
 
 import numpy as np
-from absl import app, flags
 from PIL import Image
 
 # (wheel, file) of RGB photos of ImageNet-like scenes; each is a file inside the installed package.
@@ -73,17 +72,3 @@ def jittered_jpegs(count: int, seed: int = 0, min_side: int = 300, max_side: int
         encoded.append(buffer.getvalue())
     return encoded
 
-
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/photos/images", "Folder to copy the photos into.")
-
-
-def main(argv: Sequence[str]) -> None:
-    del argv
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    for name, path in photo_paths().items():
-        shutil.copyfile(path, os.path.join(_OUTPUT_DIR.value, os.path.basename(path)))
-        print(os.path.join(_OUTPUT_DIR.value, os.path.basename(path)))
-
-
-if __name__ == "__main__":
-    app.run(main)

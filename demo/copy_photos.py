@@ -1,0 +1,29 @@
+"""Copy the bundled photos (demo/photos.py) into one folder: the input of the README's ImageNet example.
+
+    .venv/bin/python -m demo.copy_photos --output_dir=runs/photos/images
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Sequence
+
+from absl import app, flags
+
+from demo import photos
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/photos/images", "Folder to copy the photos into.")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    for path in photos.photo_paths().values():
+        destination = os.path.join(_OUTPUT_DIR.value, os.path.basename(path))
+        shutil.copyfile(path, destination)
+        print(destination)
+
+
+if __name__ == "__main__":
+    app.run(main)
