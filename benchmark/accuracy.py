@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -88,13 +88,19 @@ def check_compatible(classifier: tflite_model.Classifier, spec: records.RecordSp
             f"{classifier.name}: input has {classifier.channels} channels; the records {records_name} hold RGB images")
 
 
-def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelRecord,
-                 clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
-    """The counts of one record (one image, its centre crop)."""
+def _eval_pixels(record: records.SoftLabelRecord, classifier: tflite_model.Classifier) -> np.ndarray | None:
+    """The record's evaluation view at the classifier's input, or None when its image does not decode."""
     try:
-        pixels = quantize.record_view(record, classifier.input_size, classifier.channels, view=None)
+        return quantize.record_view(record, classifier.input_size, classifier.channels, view=None)
     except images_module.ImageDecodeError as error:
         logging.warning("record %s: image skipped: %s", record.image_id, error)
+        return None
+
+
+def score_pixels(classifier: tflite_model.Classifier, record: records.SoftLabelRecord, pixels: np.ndarray | None,
+                 clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
+    """The counts of one record given its evaluation view (None: undecodable, counted as wrong)."""
+    if pixels is None:
         return EvalCounts(images=1, labelled=int(record.label >= 0), undecodable=1)
     scores, elapsed_ms = classifier.predict(pixels, clock)
     top5 = np.argsort(-scores, kind="stable")[:5]
@@ -106,16 +112,40 @@ def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelR
     return counts
 
 
-def evaluate_records(classifier: tflite_model.Classifier, items: Iterable[records.SoftLabelRecord],
-                     clock: Callable[[], float] = time.perf_counter, log_every: int = 500) -> EvalCounts:
-    """Sums `score_record` over records, logging images/s every `log_every` images."""
-    total, start = EvalCounts(), time.perf_counter()
+def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelRecord,
+                 clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
+    """The counts of one record (one image, its centre crop)."""
+    return score_pixels(classifier, record, _eval_pixels(record, classifier), clock)
+
+
+def evaluate_records_many(classifiers: Mapping[str, tflite_model.Classifier], items: Iterable[records.SoftLabelRecord],
+                          clock: Callable[[], float] = time.perf_counter,
+                          log_every: int = 1000) -> dict[str, EvalCounts]:
+    """`evaluate_records` for several models in one pass over the records: each record is read once and
+    its evaluation view made once per distinct model input (size, channels), then every model runs on it.
+
+    Returns:
+      {name: EvalCounts} in the order of `classifiers`.
+    """
+    totals = {name: EvalCounts() for name in classifiers}
+    start = time.perf_counter()
     for count, record in enumerate(items, 1):
-        total = total + score_record(classifier, record, clock)
+        views_by_input: dict[tuple, np.ndarray | None] = {}
+        for name, classifier in classifiers.items():
+            key = (classifier.input_size, classifier.channels)
+            if key not in views_by_input:
+                views_by_input[key] = _eval_pixels(record, classifier)
+            totals[name] = totals[name] + score_pixels(classifier, record, views_by_input[key], clock)
         if log_every and count % log_every == 0:
-            logging.info("%s: %d images, %.1f images/s", classifier.name, count,
+            logging.info("evaluated %d images x %d model(s), %.1f images/s", count, len(classifiers),
                          count / max(time.perf_counter() - start, 1e-9))
-    return total
+    return totals
+
+
+def evaluate_records(classifier: tflite_model.Classifier, items: Iterable[records.SoftLabelRecord],
+                     clock: Callable[[], float] = time.perf_counter, log_every: int = 1000) -> EvalCounts:
+    """Sums `score_record` over records, logging images/s every `log_every` images."""
+    return evaluate_records_many({classifier.name: classifier}, items, clock, log_every)[classifier.name]
 
 
 def evaluate(model_path: str, pattern: str, limit: int | None = None, num_threads: int = 1,

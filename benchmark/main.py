@@ -66,32 +66,38 @@ def main(argv: list[str]) -> None:
     except (tflite_model.ModelFileError, records.RecordError, FileNotFoundError) as error:
         print(f"distillery-benchmark: error: {error}", file=sys.stderr)
         sys.exit(2)
-    entries, profiles = [], {}
+    entries, profiles, timings = [], {}, {}
     if _EVAL_RUNNER.value == "beam" and "://" not in _REPORT_DIR.value:
         os.makedirs(_REPORT_DIR.value, exist_ok=True)
-    for path, classifier in classifiers.items():
+    for path in classifiers:
         content = tflite_model.read_tflite(path)
         with latency.pinned_to_cpu(_CPU.value):
             stats = latency.interpreter_latency(content, _NUM_THREADS.value, _WARMUP.value, _RUNS.value, name=path)
             print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
                   f"({stats.runs} runs, {_NUM_THREADS.value} thread(s))")
-            profile = None
             if _PROFILE.value:
                 profile = op_profile.profile_ops(content, _NUM_THREADS.value, runs=_PROFILE_RUNS.value, name=path)
                 profiles[path] = profile
                 print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
                       f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
-            counts = None
-            if _EVAL.value:
-                if _EVAL_RUNNER.value == "beam":
-                    counts = accuracy_pipeline.run(
-                        path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
-                        output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
-                else:
-                    counts = accuracy.evaluate_records(classifier, records.read_records(_EVAL.value, _EVAL_LIMIT.value))
-                print(f"{path}: {counts.images} images, top-1 {counts.top1}, top-5 {counts.top5}, "
-                      f"teacher agreement {counts.teacher_agreement}")
-        entries.append(report.model_entry(path, len(content), stats, _NUM_THREADS.value, profile, counts))
+        timings[path] = (len(content), stats)
+    counts_by_path = {path: None for path in classifiers}
+    if _EVAL.value and _EVAL_RUNNER.value == "beam":
+        for path in classifiers:
+            counts_by_path[path] = accuracy_pipeline.run(
+                path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
+                output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
+    elif _EVAL.value:
+        # One pass over the records for every model: each image is read and cropped once per input size.
+        with latency.pinned_to_cpu(_CPU.value):
+            counts_by_path = accuracy.evaluate_records_many(
+                classifiers, records.read_records(_EVAL.value, _EVAL_LIMIT.value))
+    for path, counts in counts_by_path.items():
+        if counts is not None:
+            print(f"{path}: {counts.images} images, top-1 {counts.top1}, top-5 {counts.top5}, "
+                  f"teacher agreement {counts.teacher_agreement}")
+        size, stats = timings[path]
+        entries.append(report.model_entry(path, size, stats, _NUM_THREADS.value, profiles.get(path), counts))
     written = report.write_report(entries, _REPORT_DIR.value, profiles)
     for what, path in written.items():
         print(f"wrote {what}: {path}")

@@ -244,7 +244,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
         "totals": {"params_before": int(model.count_params()), "params_after": int(tuned.count_params()),
                    "macs_before": factorize.model_macs(model), "macs_after": factorize.model_macs(tuned)},
         "top1": top1,
-        "finetune": {"steps": tuning.steps, "batch_size": tuning.batch_size, "learning_rate": tuning.learning_rate,
+        "finetune": {"steps": tuning.steps, "final_steps": tuning.final_steps, "batch_size": tuning.batch_size, "learning_rate": tuning.learning_rate,
                      "optimizer": tuning.optimizer, "alpha": tuning.alpha, "temperature": tuning.temperature,
                      "seconds": round(finetune_seconds, 1), "phases": phases},
         "latency": latency,

@@ -33,6 +33,8 @@ _MODE = flags.DEFINE_enum("mode", "layerwise", finetune.MODES,
                           "layerwise: one layer at a time, others frozen (the seed procedure); oneshot: all, joint.")
 _INCLUDE_DENSE = flags.DEFINE_boolean("include_dense", True, "Also factorize dense layers (the classifier).")
 _STEPS = flags.DEFINE_integer("steps", 600, "Total fine-tuning steps (layerwise: split over the layers).")
+_FINAL_STEPS = flags.DEFINE_integer(
+    "final_steps", 0, "Layerwise: steps of a last phase in which every weight trains jointly (after the per-layer phases).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Fine-tuning batch size.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate of each phase (cosine decay).")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", finetune.OPTIMIZERS, "adam or sgd (Nesterov momentum 0.9).")
@@ -51,7 +53,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     tuning = finetune.FinetuneConfig(
-        train_pattern=_TRAIN.value, mode=_MODE.value, steps=_STEPS.value, batch_size=_BATCH_SIZE.value,
+        train_pattern=_TRAIN.value, mode=_MODE.value, steps=_STEPS.value, final_steps=_FINAL_STEPS.value,
+        batch_size=_BATCH_SIZE.value,
         learning_rate=_LEARNING_RATE.value, optimizer=_OPTIMIZER.value, alpha=_ALPHA.value,
         temperature=_TEMPERATURE.value, seed=_SEED.value, log_every=_LOG_EVERY.value)
     try:

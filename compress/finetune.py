@@ -3,6 +3,8 @@
 - layerwise: factorize one layer, freeze every other weight (only the two new factor kernels and the
   moved bias train; frozen batch-norm layers run on their moving statistics and keep them), fine-tune
   with the distillation loss on the soft-label records, then move on to the next layer, in graph order.
+  `--final_steps` adds one last phase in which every weight trains jointly (the per-layer phases fit each
+  factor pair to a network frozen around it; the last phase lets the layers adjust to each other).
 - oneshot: factorize every selected layer at once, then fine-tune all the weights jointly.
 
 Both spend the same total number of optimizer steps (layerwise splits them evenly over the layers), so
@@ -39,6 +41,7 @@ class FinetuneConfig:
       train_pattern: glob(s) of soft-label records.
       mode: "layerwise" or "oneshot".
       steps: total optimizer steps (layerwise: split evenly over the factorized layers; 0 = no fine-tuning).
+      final_steps: layerwise only: steps of a last phase that fine-tunes every weight jointly.
       batch_size: examples per step.
       learning_rate: peak learning rate of each phase (cosine decay to 0).
       optimizer: "adam" or "sgd" (momentum 0.9, Nesterov).
@@ -51,6 +54,7 @@ class FinetuneConfig:
     train_pattern: str
     mode: str = "layerwise"
     steps: int = 600
+    final_steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
     optimizer: str = "adam"
@@ -65,6 +69,10 @@ class FinetuneConfig:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.final_steps < 0:
+            raise ValueError(f"--final_steps must be >= 0, got {self.final_steps}")
+        if self.final_steps and self.mode != "layerwise":
+            raise ValueError("--final_steps is the last phase of --mode=layerwise; oneshot trains jointly for --steps")
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("--steps must be >= 0 and --batch_size, --learning_rate, --temperature positive")
         if not 0.0 <= self.alpha <= 1.0:
@@ -157,7 +165,7 @@ def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config:
     """
     config.check()
     factorize.check_ranks(model, ranks)
-    if dataset_iterator is None and config.steps > 0:
+    if dataset_iterator is None and config.steps + config.final_steps > 0:
         dataset_iterator = make_iterator(config, image_size_of(model))
     order = [layer.name for layer in factorize.find_factorizable_layers(model) if layer.name in ranks]
     phases = []
@@ -180,6 +188,10 @@ def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config:
             label = f"layerwise {index + 1}/{len(order)} {name} (rank {ranks[name]})"
             phases.append({"layers": [name], **finetune(current, config, per_layer[index], dataset_iterator,
                                                          trainable, label, log)})
+        if config.final_steps:
+            log(f"layerwise: last phase, every weight trains for {config.final_steps} steps")
+            phases.append({"layers": order, **finetune(current, config, config.final_steps, dataset_iterator, None,
+                                                        "layerwise final (all weights)", log)})
     set_trainable(current, None)
     return current, phases
 

@@ -156,7 +156,7 @@ def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels
             encoded = handle.read()
     rgb = images_module.decode_rgb(encoded)
     if view is None:
-        pixels = views.eval_view(tf.constant(rgb), tuple(size)).numpy()
+        pixels = views.compiled_eval_view(tuple(size))(rgb).numpy()
     else:
         pixels = views.compiled_crop_view(tuple(size))(rgb, record.crops[view].astype(np.float32),
                                                        bool(record.flips[view])).numpy()

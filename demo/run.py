@@ -1,7 +1,8 @@
 """`make demo`: the whole chain on Fashion-MNIST, through the same commands a user runs.
 
 It reproduces at small scale the experiments of the LPIRC 2018 team this project learns from:
-1. train a teacher (a bigger CNN) on a labelled part of the training set;
+1. train a teacher (a bigger CNN) on a labelled part of the training set, on random views drawn like the
+   stored ones (so its soft labels are right on the views the students replay);
 2. extract soft labels with the Beam job (`distillery-extract`), V views, over the labelled part, over the
    rest of the training set with its labels removed (the Open Images role) and over the test set;
 3. train students (`distillery-train`): hard labels only; labelled part with distillation; labelled +
@@ -121,12 +122,12 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     stages.banner("train the teacher CNN on the labelled part")
     from demo import teacher as demo_teacher  # pylint: disable=import-outside-toplevel  (TF start-up only here)
     images, labels = demo_data.read_images(splits.labelled)
-    teacher = demo_teacher.train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed)
+    teacher = demo_teacher.train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed,
+                                         min_scale=cfg.min_scale)
     teacher.save(path("teacher.keras"))
     test_images, test_labels = demo_data.read_images(splits.test)
-    teacher_top1 = float((teacher.predict(test_images.astype("float32"), batch_size=512, verbose=0).argmax(1)
-                          == test_labels).mean())
-    logging.info("teacher top-1 on the test set: %.4f", teacher_top1)
+    teacher_top1 = demo_teacher.top1_on_eval_view(teacher, test_images, test_labels)
+    logging.info("teacher top-1 on the test set (centre crop, as the students are evaluated): %.4f", teacher_top1)
 
     stages.banner("extract soft labels with the Beam job")
     stages.run([Command("distillery-extract", [

@@ -13,7 +13,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
+
+from distillery import views
 
 
 def build_teacher(image_size: int = 28, num_classes: int = 10, width: int = 32) -> keras.Model:
@@ -35,13 +38,36 @@ def build_teacher(image_size: int = 28, num_classes: int = 10, width: int = 32) 
     return keras.Model(inputs, outputs, name="fashion_teacher")
 
 
+def augmented_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, min_scale: float,
+                      seed: int) -> tf.data.Dataset:
+    """Batches of random views of the training images, drawn like the stored views of extraction
+    (`distillery.views.random_view_tensor`, cropped and resized by `views.crop_view`), so the teacher
+    labels views of the kind it was trained on; a new view of each image every epoch. Repeats forever."""
+    size = images.shape[1:3]
+
+    def view(position, example):
+        image, label = example
+        box, flip = views.random_view_tensor(size[0], size[1], tf.stack([tf.constant(seed, tf.int64), position]),
+                                             min_scale)
+        return views.crop_view(image, box, flip, tuple(size)), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(len(images), seed=seed).repeat()
+    return (dataset.enumerate().map(view, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
 def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: int = 32,
-                  batch_size: int = 128, seed: int = 0) -> keras.Model:
-    """Trains the teacher with hard labels (dropout is its only regularizer); logs images/s per epoch."""
+                  batch_size: int = 128, seed: int = 0, min_scale: float | None = None) -> keras.Model:
+    """Trains the teacher with hard labels; logs images/s per epoch.
+
+    With `min_scale`, every epoch sees a fresh random view of each image (the distribution the
+    extraction's --views > 1 stores: crops of area >= min_scale, flips), else the whole images.
+    """
     keras.utils.set_random_seed(seed)
     model = build_teacher(images.shape[1], int(labels.max()) + 1, width)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3),
-                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+                      2e-3, decay_steps=epochs * -(-len(images) // batch_size))),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     class _Throughput(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -52,6 +78,21 @@ def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: in
             logging.info("teacher epoch %d/%d: loss %.3f accuracy %.3f, %.0f images/s", epoch + 1, epochs,
                          logs["loss"], logs["accuracy"], rate)
 
-    model.fit(images.astype(np.float32), labels, epochs=epochs, batch_size=batch_size, verbose=0,
-                 callbacks=[_Throughput()])
+    if min_scale is None:
+        model.fit(images.astype(np.float32), labels, epochs=epochs, batch_size=batch_size, verbose=0,
+                  callbacks=[_Throughput()])
+    else:
+        epochs_data = augmented_dataset(images, labels, batch_size, min_scale, seed)
+        model.fit(epochs_data, epochs=epochs, steps_per_epoch=-(-len(images) // batch_size), verbose=0,
+                  callbacks=[_Throughput()])
     return model
+
+
+def top1_on_eval_view(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> float:
+    """Top-1 of `model` on the evaluation view (`distillery.views.eval_view`, the centre crop) of each image:
+    the view the trainer and the benchmark score the students on, so the numbers compare."""
+    size = tuple(int(side) for side in model.inputs[0].shape[1:3])
+    centre = (tf.data.Dataset.from_tensor_slices(images)
+              .map(lambda image: views.eval_view(image, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size))
+    predicted = np.argmax(model.predict(centre, verbose=0), axis=1)
+    return float(np.mean(predicted == labels))

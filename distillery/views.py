@@ -93,6 +93,33 @@ def sample_views(image_id: str, seed: int, num_views: int, height: int, width: i
     return records.quantize_crops(np.array(crops)), np.array(flips, bool)
 
 
+def random_view_tensor(height, width, seed: tf.Tensor, min_scale: float = DEFAULT_MIN_SCALE) -> tuple[tf.Tensor, tf.Tensor]:
+    """A random view drawn in the graph from the distribution of `sample_views` (V > 1): area fraction
+    in [min_scale, 1], aspect ratio log-uniform in [3/4, 4/3], flip with probability 1/2; a box that does
+    not fit is clipped to the image instead of retried. For training on the fly the model that labels
+    the views (the demo's teacher), so it has seen views like the stored ones.
+
+    Args:
+      height, width: image size (scalars, tensors allowed).
+      seed: [2] int stateless seed.
+      min_scale: smallest area fraction.
+
+    Returns:
+      ([4] float32 box (y_min, x_min, y_max, x_max) as fractions, scalar bool flip).
+    """
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    scale, log_ratio, top, left, flip = tf.unstack(tf.random.stateless_uniform([5], seed=seed))
+    low, high = math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1])
+    area = height * width * (min_scale + (1.0 - min_scale) * scale)
+    ratio = tf.exp(low + (high - low) * log_ratio)
+    crop_width = tf.minimum(tf.sqrt(area * ratio), width)
+    crop_height = tf.minimum(tf.sqrt(area / ratio), height)
+    top = top * (height - crop_height)
+    left = left * (width - crop_width)
+    box = tf.stack([top / height, left / width, (top + crop_height) / height, (left + crop_width) / width])
+    return box, flip < 0.5
+
+
 def pixel_box(crop, height, width):
     """Integer pixel rows/columns [y0, y1) x [x0, x1) of a fractional box; never empty.
 
@@ -140,6 +167,14 @@ def compiled_crop_view(size: tuple[int, int]) -> Callable:
     instead of ~10 eager ops. Cached per process, so every caller shares one traced graph."""
     signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)]
     return tf.function(lambda image, crop, flip: crop_view(image, crop, flip, tuple(size)), input_signature=signature)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_eval_view(size: tuple[int, int]) -> Callable:
+    """`eval_view` at one output size as a tf.function over uint8 images (the benchmark evaluates
+    thousands of images one at a time: eagerly that is ~15 ops and several ms per image)."""
+    signature = [tf.TensorSpec([None, None, 3], tf.uint8)]
+    return tf.function(lambda image: eval_view(image, tuple(size)), input_signature=signature)
 
 
 def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -104,6 +104,27 @@ def test_evaluate_equals_direct_computation(setup, mode):
     assert counts.top5_correct >= counts.top1_correct
 
 
+def test_one_pass_over_many_models_equals_one_model_at_a_time(setup):
+    """distillery-benchmark evaluates all its models in one pass; a model of another input size gets its
+    own crop of each image, and every model's counts equal its own evaluation."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    other = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x)))
+    other_path = str(setup["directory"] / "model_16.tflite")
+    with open(other_path, "wb") as handle:
+        handle.write(quantize.convert(other, "float32"))
+    paths = [setup["paths"]["float32"], setup["paths"]["int8"], other_path]
+    classifiers = {path: tflite_model.Classifier.from_file(path) for path in paths}
+    together = accuracy.evaluate_records_many(classifiers, records.read_records(setup["records"]))
+    assert list(together) == paths
+    for path in paths:
+        alone = accuracy.evaluate(path, setup["records"])
+        assert _as_dict(together[path]) == _as_dict(alone)
+        assert together[path].images == COUNT and together[path].runtime_ms > 0
+    assert classifiers[other_path].input_size == (16, 16)
+
+
 def test_teacher_top1_reads_view_0():
     record = records.make_record("a", -1, ["t"], np.array([[0, 0, 1, 1], [0, 0, .5, .5]]), np.zeros(2, bool),
                                  np.array([[0, 0, 3, 0], [9, 0, 0, 0]], np.float32), 2)

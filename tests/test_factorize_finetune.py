@@ -39,6 +39,23 @@ def test_layerwise_changes_only_the_factor_weights(record_glob):
     assert any("layerwise 2/2 pw2 (rank 4): step 3/3" in line and "images/s" in line for line in lines)
 
 
+def test_layerwise_final_phase_trains_every_weight(record_glob):
+    """--final_steps: after the per-layer phases, one joint phase in which the unfactorized layers move too."""
+    model = tiny_model()
+    config = finetune.FinetuneConfig(record_glob, mode="layerwise", steps=4, final_steps=5, batch_size=8,
+                                     learning_rate=0.01, log_every=100)
+    lines = []
+    tuned, phases = finetune.factorize_and_finetune(model, {"pw1": 3, "pw2": 4}, config, log=lines.append)
+    assert [phase["layers"] for phase in phases] == [["pw1"], ["pw2"], ["pw1", "pw2"]]
+    assert [phase["steps"] for phase in phases] == [2, 2, 5]
+    assert not np.array_equal(model.get_layer("stem").kernel.numpy(), tuned.get_layer("stem").kernel.numpy())
+    assert any(line.startswith("layerwise final (all weights): step 5/5") for line in lines)
+    with pytest.raises(ValueError, match="--final_steps"):
+        finetune.FinetuneConfig(record_glob, mode="oneshot", final_steps=3).check()
+    with pytest.raises(ValueError, match="--final_steps must be >= 0"):
+        finetune.FinetuneConfig(record_glob, final_steps=-1).check()
+
+
 def test_layerwise_step_freezes_everything_but_the_new_factors(record_glob):
     """One layerwise phase by hand: factor pw1, then steps where only pw1_svd_a/b may change."""
     factorized = factorize.factorize_model(tiny_model(), {"pw1": 3})
