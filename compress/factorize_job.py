@@ -4,8 +4,9 @@ Steps, all checked inputs first (nothing heavy runs before the flags, the files 
 known to be usable):
 
 1. load the student (.keras or SavedModel) and find its 1x1 convolutions (and dense layers);
-2. pick ranks: `--energy`, `--rank_ratio`, or `--target_latency_ms` (per-op profile of the int8 TFLite
-   student, calibrated on the training records; see compress/rank_selection.py);
+2. pick ranks: `--energy`, `--rank_ratio`, `--target_latency_ms` or `--latency_reduction` (the last two from
+   the per-op profile of the int8 TFLite student, calibrated on the training records; see
+   compress/rank_selection.py);
 3. factorize and fine-tune, `--mode=layerwise` (the LPIRC 2018 seed procedure) or `oneshot`;
 4. top-1 on `--eval` before, right after factorization, and after fine-tuning (Keras float32 model, centre
    crop: `trainer.loop.evaluate`);
@@ -49,8 +50,9 @@ class JobConfig:
       train_pattern: soft-label records to fine-tune on (and to calibrate the int8 profile with).
       output_path: where the factorized model goes (.keras); the report goes to OUTPUT.report.json.
       eval_pattern: labelled records for top-1 (None: no top-1 in the report).
-      energy, rank_ratio, target_latency_ms, ranks: the rank selection; at most one (default: energy 0.9).
-        ranks is an explicit {layer name: rank}.
+      energy, rank_ratio, target_latency_ms, latency_reduction, ranks: the rank selection; at most one
+        (default: energy 0.9). latency_reduction F is the budget (1 - F) x the measured int8 latency of the
+        student (a relative --target_latency_ms). ranks is an explicit {layer name: rank}.
       include_dense: also factorize dense layers (the classifier).
       tuning: fine-tuning settings (its train_pattern is set from train_pattern).
       calibration_steps: int8 calibration images for the latency profile.
@@ -65,6 +67,7 @@ class JobConfig:
     energy: float | None = None
     rank_ratio: float | None = None
     target_latency_ms: float | None = None
+    latency_reduction: float | None = None
     ranks: dict[str, int] | None = None
     include_dense: bool = True
     tuning: finetune.FinetuneConfig | None = None
@@ -98,6 +101,7 @@ def validate(config: JobConfig) -> None:
     """
     chosen = [name for name, value in (("--energy", config.energy), ("--rank_ratio", config.rank_ratio),
                                        ("--target_latency_ms", config.target_latency_ms),
+                                       ("--latency_reduction", config.latency_reduction),
                                        ("--ranks", config.ranks)) if value is not None]
     if len(chosen) > 1:
         raise JobError(f"choose one rank selection, got {' and '.join(chosen)}")
@@ -107,6 +111,8 @@ def validate(config: JobConfig) -> None:
         raise JobError(f"--rank_ratio must be in (0, 1], got {config.rank_ratio}")
     if config.target_latency_ms is not None and config.target_latency_ms <= 0:
         raise JobError(f"--target_latency_ms must be positive, got {config.target_latency_ms}")
+    if config.latency_reduction is not None and not 0.0 < config.latency_reduction < 1.0:
+        raise JobError(f"--latency_reduction must be in (0, 1), got {config.latency_reduction}")
     if not config.output_path.endswith(".keras"):
         raise JobError(f"--output must end in .keras, got {config.output_path}")
     if _same_file(config.model_path, config.output_path):
@@ -157,7 +163,7 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
         return rank_selection.Selection(dict(config.ranks), {}), {"ranks": dict(config.ranks)}
     if config.rank_ratio is not None:
         return rank_selection.select_by_ratio(layers, config.rank_ratio), {"rank_ratio": config.rank_ratio}
-    if config.target_latency_ms is None:
+    if config.target_latency_ms is None and config.latency_reduction is None:
         energy = config.energy if config.energy is not None else DEFAULT_ENERGY
         return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}
     from benchmark import op_profile  # pylint: disable=import-outside-toplevel
@@ -173,9 +179,13 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     log(f"per-op profile of the int8 student ({time.perf_counter() - start:.1f} s): whole model "
         f"{profile.whole_model_ms:.3f} ms, sum of ops {profile.sum_ms:.3f} ms, {len(layer_ms)} of {len(layers)} "
         f"factorizable layers mapped, {sum(layer_ms.values()):.3f} ms in them (scaled to the whole model)")
-    selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms,
-                                                  config.target_latency_ms)
-    return selection, {"target_latency_ms": config.target_latency_ms, "model_ms": profile.whole_model_ms,
+    target_ms = config.target_latency_ms
+    if config.latency_reduction is not None:
+        target_ms = (1.0 - config.latency_reduction) * profile.whole_model_ms
+        log(f"--latency_reduction={config.latency_reduction:g}: budget {target_ms:.4f} ms "
+            f"({profile.whole_model_ms:.4f} ms measured)")
+    selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms, target_ms)
+    return selection, {"target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
                        "estimated_ms": selection.estimated_ms}
 
@@ -227,14 +237,15 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     if config.eval_pattern:
         top1["after_finetune"] = finetune.evaluate_top1(tuned, config.eval_pattern)
         log(f"top-1 after fine-tuning {top1['after_finetune']:.4f}")
-    latency = dict(method) if config.target_latency_ms is not None else None
+    latency = dict(method) if "target_latency_ms" in method else None
     if latency is not None and config.verify_latency:
         from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
 
         content = int8_flatbuffer(tuned, config.train_pattern, config.calibration_steps)
-        latency["measured_factorized_ms"] = latency_module.interpreter_latency(content, 1, runs=100).median
+        latency["measured_factorized_ms"] = latency_module.interpreter_latency(
+            content, 1, runs=10 * config.profile_runs).median
         log(f"factorized int8 model: {latency['measured_factorized_ms']:.3f} ms measured "
-            f"(estimate {selection.estimated_ms:.3f} ms, budget {config.target_latency_ms:g} ms)")
+            f"(estimate {selection.estimated_ms:.3f} ms, budget {latency['target_latency_ms']:g} ms)")
     save_model(tuned, config.output_path)
     report = {
         "model": config.model_path, "output": config.output_path, "mode": tuning.mode,
@@ -244,8 +255,8 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
         "totals": {"params_before": int(model.count_params()), "params_after": int(tuned.count_params()),
                    "macs_before": factorize.model_macs(model), "macs_after": factorize.model_macs(tuned)},
         "top1": top1,
-        "finetune": {"steps": tuning.steps, "final_steps": tuning.final_steps, "batch_size": tuning.batch_size, "learning_rate": tuning.learning_rate,
-                     "optimizer": tuning.optimizer, "alpha": tuning.alpha, "temperature": tuning.temperature,
+        "finetune": {"steps": tuning.steps, "final_steps": tuning.final_steps, "batch_size": tuning.batch_size,
+                     "learning_rate": tuning.learning_rate, "optimizer": tuning.optimizer, "alpha": tuning.alpha, "temperature": tuning.temperature,
                      "seconds": round(finetune_seconds, 1), "phases": phases},
         "latency": latency,
     }

@@ -8,7 +8,7 @@ this is its thin absl entry point.
 
 Rank selection (one of): --energy=F (fraction of squared singular values kept per layer, default 0.9),
 --rank_ratio=F (rank = F * min(Cin, Cout)), --target_latency_ms=MS (greedy global budget from the
-per-op profile of the int8 student). Outputs: OUTPUT (.keras) and OUTPUT.report.json.
+per-op profile of the int8 student) or --latency_reduction=F (the same, budget (1 - F) x its latency). Outputs: OUTPUT (.keras) and OUTPUT.report.json.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ _ENERGY = flags.DEFINE_float("energy", None, "Keep this fraction of each layer's
 _RANK_RATIO = flags.DEFINE_float("rank_ratio", None, "Rank = this fraction of min(Cin, Cout).")
 _TARGET_LATENCY_MS = flags.DEFINE_float("target_latency_ms", None,
                                         "Global budget: single-thread int8 latency to reach (greedy, per-op profile).")
+_LATENCY_REDUCTION = flags.DEFINE_float(
+    "latency_reduction", None, "Relative budget: make the int8 student this fraction faster, e.g. 0.2 "
+    "(= --target_latency_ms of 0.8 x its measured latency).")
 _RANKS = flags.DEFINE_string("ranks", None, "Explicit ranks, LAYER:RANK,LAYER:RANK (instead of a selection).")
 _MODE = flags.DEFINE_enum("mode", "layerwise", finetune.MODES,
                           "layerwise: one layer at a time, others frozen (the seed procedure); oneshot: all, joint.")
@@ -63,7 +66,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"distillery-factorize: error: {error}")
     config = factorize_job.JobConfig(
         model_path=_MODEL.value, train_pattern=_TRAIN.value, output_path=_OUTPUT.value, eval_pattern=_EVAL.value,
-        energy=_ENERGY.value, rank_ratio=_RANK_RATIO.value, target_latency_ms=_TARGET_LATENCY_MS.value, ranks=ranks,
+        energy=_ENERGY.value, rank_ratio=_RANK_RATIO.value, target_latency_ms=_TARGET_LATENCY_MS.value,
+        latency_reduction=_LATENCY_REDUCTION.value, ranks=ranks,
         include_dense=_INCLUDE_DENSE.value, tuning=tuning, calibration_steps=_CALIBRATION_STEPS.value,
         profile_runs=_PROFILE_RUNS.value)
     try:

@@ -30,11 +30,13 @@ class DemoConfig:
     image_size: int = 32
     batch_size: int = 128
     train_steps: int = 600
+    train_steps_unlabeled: int = 1200  # the labelled + unlabeled student: 3x the images, trained longer
     learning_rate: float = 0.05
     alpha: float = 0.5             # hard-label weight of the distilled students
     temperature: float = 4.0
     factorize_energy: float = 0.7
     factorize_steps: int = 600     # fine-tuning steps in all (layerwise: split over the layers)
+    factorize_final_steps: int = 0  # then every weight jointly
     calibration_steps: int = 200
     benchmark_runs: int = 200
     seed: int = 0
@@ -43,7 +45,7 @@ class DemoConfig:
 FULL = DemoConfig()
 
 TINY = DemoConfig(labelled=240, unlabeled=240, test=200, teacher_width=8, teacher_epochs=2, views=2,
-                  student_width=0.25, batch_size=32, train_steps=30, factorize_steps=10, calibration_steps=10,
-                  benchmark_runs=5)
+                  student_width=0.25, batch_size=32, train_steps=30, train_steps_unlabeled=40, factorize_steps=10,
+                  calibration_steps=10, benchmark_runs=5)
 
 PRESETS = {"full": FULL, "tiny": TINY}

@@ -6,17 +6,24 @@ labels removed plays Open Images, and the 10k test set is the held-out evaluatio
 as `tfrecord:` input (tf.Example with image/encoded and image/class/label), read through the same image
 sources as any user's data.
 
+Every image is zero-padded from 28x28 to 32x32 (the LeNet convention for MNIST). The evaluation view of
+the whole project is the centre crop of 87.5% of the shorter side (ImageNet's "resize 256, crop 224",
+`distillery.views.eval_view`), and 28 / 32 = 87.5%: after padding, the evaluation view is exactly the
+original image, and the random training views (area fraction >= min_scale) are crops around it.
+
     python -m demo.data --output_dir=/tmp/fmnist --labelled=10000 --unlabeled=20000 --test=10000
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from pipelines import sources
 
@@ -44,13 +51,26 @@ def _example(image_id: str, encoded: bytes, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
+PAD = 2  # 28 + 2 * 2 = 32; 28 / 32 = views.CENTRAL_FRACTION
+
+
+def pad_png(encoded: bytes, pad: int = PAD) -> bytes:
+    """The image zero-padded by `pad` pixels on every side, as PNG (the background of Fashion-MNIST is 0)."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        pixels = np.asarray(image)
+    padding = ((pad, pad), (pad, pad)) + ((0, 0),) * (pixels.ndim - 2)
+    buffer = io.BytesIO()
+    Image.fromarray(np.pad(pixels, padding)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def _write(path: str, items: Iterable[sources.SourceExample], keep_labels: bool) -> int:
     count = 0
     with tf.io.TFRecordWriter(path) as writer:
         for item in items:
             if isinstance(item, sources.ReadFailure):
                 raise RuntimeError(f"{item.origin}: cannot read {item.image_id}: {item.reason}")
-            writer.write(_example(item.image_id, item.encoded, item.label if keep_labels else -1))
+            writer.write(_example(item.image_id, pad_png(item.encoded), item.label if keep_labels else -1))
             count += 1
     return count
 
@@ -80,7 +100,7 @@ def write_splits(output_dir: str, labelled: int, unlabeled: int, test: int,
 
 
 def read_images(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a split as ([N, 28, 28, 3] uint8 RGB, [N] labels): for training the teacher."""
+    """All images of a split as ([N, 32, 32, 3] uint8 RGB, [N] labels): for training the teacher."""
     spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
             "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
 

@@ -1,6 +1,6 @@
 """The demo's teacher: a bigger CNN trained on the labelled part of Fashion-MNIST with hard labels.
 
-It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 28x28, normalization
+It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 32x32 (the padded images), normalization
 inside the model, logits out. Training it is ordinary supervised learning (Keras fit on one device);
 distillation starts after it.
 
@@ -19,7 +19,7 @@ from absl import logging
 from distillery import views
 
 
-def build_teacher(image_size: int = 28, num_classes: int = 10, width: int = 32) -> keras.Model:
+def build_teacher(image_size: int = 32, num_classes: int = 10, width: int = 32, dropout: float = 0.3) -> keras.Model:
     """A small VGG-style CNN with a wide dense head: more parameters than the demo's students, and
     ~12M multiply-adds per image at width 32, so it trains in a minute or two on 2 cores."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
@@ -31,9 +31,9 @@ def build_teacher(image_size: int = 28, num_classes: int = 10, width: int = 32) 
             x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(8 * width, activation="relu")(x)
-    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="fashion_teacher")
 
@@ -57,14 +57,15 @@ def augmented_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, m
 
 
 def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: int = 32,
-                  batch_size: int = 128, seed: int = 0, min_scale: float | None = None) -> keras.Model:
+                  batch_size: int = 128, seed: int = 0, min_scale: float | None = None,
+                  dropout: float = 0.3) -> keras.Model:
     """Trains the teacher with hard labels; logs images/s per epoch.
 
     With `min_scale`, every epoch sees a fresh random view of each image (the distribution the
     extraction's --views > 1 stores: crops of area >= min_scale, flips), else the whole images.
     """
     keras.utils.set_random_seed(seed)
-    model = build_teacher(images.shape[1], int(labels.max()) + 1, width)
+    model = build_teacher(images.shape[1], int(labels.max()) + 1, width, dropout)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
                       2e-3, decay_steps=epochs * -(-len(images) // batch_size))),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])

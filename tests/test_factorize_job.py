@@ -110,12 +110,31 @@ def test_unreachable_latency_budget_is_refused_before_fine_tuning(inputs, tmp_pa
     assert not any("fine-tun" in line for line in lines) and not os.path.exists(tmp_path / "z.keras")
 
 
+def test_latency_reduction_is_a_budget_relative_to_the_measured_latency(inputs, tmp_path):
+    """--latency_reduction=F sets the budget to (1 - F) x the measured int8 latency; an impossible F is
+    refused before fine-tuning with the budget it computed."""
+    model_path, record_glob, _ = inputs
+    config = factorize_job.JobConfig(model_path, record_glob, str(tmp_path / "r.keras"), latency_reduction=0.999,
+                                     calibration_steps=4, profile_runs=3)
+    lines = []
+    with pytest.raises(rank_selection.BudgetError, match="cannot be met"):
+        factorize_job.run(config, log=lines.append)
+    budget_line = next(line for line in lines if line.startswith("--latency_reduction=0.999: budget"))
+    budget_ms, measured_ms = (float(part.split()[0]) for part in
+                              (budget_line.split("budget ")[1], budget_line.split("(")[1]))
+    assert budget_ms == pytest.approx(0.001 * measured_ms, rel=0.02, abs=1e-4)
+    assert not os.path.exists(tmp_path / "r.keras")
+
+
 def test_bad_flags_are_refused_early(inputs, tmp_path):
     model_path, record_glob, _ = inputs
     out = str(tmp_path / "o.keras")
     cases = [
         (dict(energy=0.9, rank_ratio=0.5), "choose one rank selection, got --energy and --rank_ratio"),
         (dict(energy=1.5), r"--energy must be in \(0, 1\]"),
+        (dict(latency_reduction=1.0), r"--latency_reduction must be in \(0, 1\)"),
+        (dict(latency_reduction=0.2, target_latency_ms=1.0),
+         "choose one rank selection, got --target_latency_ms and --latency_reduction"),
         (dict(model_path=str(tmp_path / "missing.keras")), "--model: .*missing.keras does not exist"),
         (dict(train_pattern=str(tmp_path / "nothing-*")), "--train: no soft-label record files match"),
         (dict(output_path=str(tmp_path / "o.h5")), "--output must end in .keras"),
