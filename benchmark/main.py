@@ -36,7 +36,10 @@ _EVAL_RUNNER = flags.DEFINE_enum("eval_runner", "local", ["local", "beam"],
                                  "local: in this process; beam: the Beam job (options after --).")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads (1 = a phone's single big core).")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed runs before timing.")
-_RUNS = flags.DEFINE_integer("runs", 100, "Timed runs per model.")
+_RUNS = flags.DEFINE_integer("runs", 100, "Timed runs per model per round.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Interleaved latency rounds: each round times every model once (--runs runs); the statistics "
+    "pool all rounds, so drift of a shared machine's load hits every model alike.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also time every op as a single-op model.")
 _PROFILE_RUNS = flags.DEFINE_integer("profile_runs", 50, "Timed runs per single-op model.")
 _CPU = flags.DEFINE_integer("cpu", None, "Pin the process to this CPU while timing (Linux).")
@@ -69,17 +72,27 @@ def main(argv: list[str]) -> None:
     entries, profiles, timings = [], {}, {}
     if _EVAL_RUNNER.value == "beam" and "://" not in _REPORT_DIR.value:
         os.makedirs(_REPORT_DIR.value, exist_ok=True)
-    for path in classifiers:
-        content = tflite_model.read_tflite(path)
-        with latency.pinned_to_cpu(_CPU.value):
-            stats = latency.interpreter_latency(content, _NUM_THREADS.value, _WARMUP.value, _RUNS.value, name=path)
-            print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
-                  f"({stats.runs} runs, {_NUM_THREADS.value} thread(s))")
-            if _PROFILE.value:
+    if _ROUNDS.value < 1 or _RUNS.value < 1:
+        raise app.UsageError("--rounds and --runs must be >= 1")
+    contents = {path: tflite_model.read_tflite(path) for path in classifiers}
+    samples: dict[str, list[float]] = {path: [] for path in classifiers}
+    with latency.pinned_to_cpu(_CPU.value):
+        for round_index in range(_ROUNDS.value):
+            for path, content in contents.items():
+                stats = latency.interpreter_latency(content, _NUM_THREADS.value, _WARMUP.value, _RUNS.value, name=path)
+                samples[path].extend(stats.samples_ms)
+            if _ROUNDS.value > 1:
+                logging.info("latency round %d/%d done", round_index + 1, _ROUNDS.value)
+    for path, content in contents.items():
+        stats = latency.LatencyStats.from_samples(samples[path])
+        print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
+              f"({stats.runs} runs in {_ROUNDS.value} round(s), {_NUM_THREADS.value} thread(s))")
+        if _PROFILE.value:
+            with latency.pinned_to_cpu(_CPU.value):
                 profile = op_profile.profile_ops(content, _NUM_THREADS.value, runs=_PROFILE_RUNS.value, name=path)
-                profiles[path] = profile
-                print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
-                      f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
+            profiles[path] = profile
+            print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
+                  f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
         timings[path] = (len(content), stats)
     counts_by_path = {path: None for path in classifiers}
     if _EVAL.value and _EVAL_RUNNER.value == "beam":

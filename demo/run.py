@@ -123,7 +123,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     from demo import teacher as demo_teacher  # pylint: disable=import-outside-toplevel  (TF start-up only here)
     images, labels = demo_data.read_images(splits.labelled)
     teacher = demo_teacher.train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed,
-                                         min_scale=cfg.min_scale)
+                                         min_scale=cfg.min_scale, dropout=cfg.teacher_dropout)
     teacher.save(path("teacher.keras"))
     test_images, test_labels = demo_data.read_images(splits.test)
     teacher_top1 = demo_teacher.top1_on_eval_view(teacher, test_images, test_labels)
@@ -155,7 +155,9 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning")
     stages.run([Command("distillery-factorize", [
         f"--model={path('students', best, 'student.keras')}", f"--train={labelled_glob},{unlabeled_glob}",
-        f"--eval={test_glob}", f"--output={path('students', 'factorized.keras')}", f"--energy={cfg.factorize_energy}",
+        f"--eval={test_glob}", f"--output={path('students', 'factorized.keras')}",
+        f"--energy={cfg.factorize_energy}" if cfg.factorize_energy is not None
+        else f"--latency_reduction={cfg.factorize_latency_reduction}",
         "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
         f"--batch_size={cfg.batch_size}",
         f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize")])
@@ -174,7 +176,8 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
 
     stages.banner("benchmark every model on the test set: top-1, latency, per-op profile, LPIRC score")
     stages.run([Command("distillery-benchmark", [
-        *tflite.values(), f"--eval={test_glob}", "--num_threads=1", f"--runs={cfg.benchmark_runs}", "--profile",
+        *tflite.values(), f"--eval={test_glob}", "--num_threads=1", f"--runs={cfg.benchmark_runs}",
+        f"--rounds={cfg.benchmark_rounds}", "--profile",
         f"--report_dir={output_dir}"], "benchmark")])
 
     summary = goals.check(path("report.json"), best=best, teacher_top1=teacher_top1, images=splits.counts,

@@ -118,8 +118,8 @@ def test_benchmark_command_end_to_end(tmp_path):
     calibration = [rng.uniform(0, 255, (1, 32, 32, 3)).astype(np.float32) for _ in range(4)]
     open(paths[1], "wb").write(quantize.convert(model, "int8", calibration))
     report_dir = str(tmp_path / "report")
-    result = _run(["benchmark.main", *paths, f"--eval={pattern}", "--profile", "--runs=20", "--profile_runs=10",
-                   f"--report_dir={report_dir}"])
+    result = _run(["benchmark.main", *paths, f"--eval={pattern}", "--profile", "--runs=10", "--rounds=2",
+                   "--profile_runs=10", f"--report_dir={report_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.load(open(os.path.join(report_dir, "report.json")))["models"]
     assert [entry["model"] for entry in data] == paths
@@ -128,6 +128,7 @@ def test_benchmark_command_end_to_end(tmp_path):
         assert entry["images"] == 12 and entry["top1"] == pytest.approx(expected.top1, abs=1e-5)
         assert entry["top5"] == pytest.approx(expected.top5, abs=1e-5)
         assert entry["size_bytes"] == os.path.getsize(path) and entry["num_threads"] == 1
+        assert entry["runs"] == 20  # 2 interleaved rounds of 10, pooled
         assert 0 < entry["latency_ms"]["min"] <= entry["latency_ms"]["median"] <= entry["latency_ms"]["p90"]
         assert entry["per_op_sum_ms"] > 0 and entry["lpirc_score"] == pytest.approx(expected.top1 / (30 * 12))
     assert os.path.exists(os.path.join(report_dir, "accuracy_vs_latency.png"))
