@@ -7,8 +7,9 @@ It reproduces at small scale the experiments of the LPIRC 2018 team this project
    rest of the training set with its labels removed (the Open Images role) and over the test set;
 3. train students (`distillery-train`): hard labels only; labelled part with distillation; labelled +
    unlabeled with distillation;
-4. factorize the best student layerwise and fine-tune it (`distillery-factorize`);
-5. quantize every student to int8 (`distillery-quantize`), the best one to float32 too;
+4. factorize the best student layerwise and fine-tune it (`distillery-factorize`), while the students are
+   quantized to int8 (`distillery-quantize`), the best one to float32 too;
+5. quantize the factorized student to int8;
 6. benchmark all of them on the test set (`distillery-benchmark`): top-1, single-thread latency, per-op
    profile, LPIRC score; then check the goals and append them to the report.
 
@@ -152,27 +153,31 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 
-    stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning")
-    stages.run([Command("distillery-factorize", [
-        f"--model={path('students', best, 'student.keras')}", f"--train={labelled_glob},{unlabeled_glob}",
-        f"--eval={test_glob}", f"--output={path('students', 'factorized.keras')}",
-        f"--energy={cfg.factorize_energy}" if cfg.factorize_energy is not None
-        else f"--latency_reduction={cfg.factorize_latency_reduction}",
-        "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
-        f"--batch_size={cfg.batch_size}",
-        f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize")])
-
-    stages.banner("quantize every student to int8 (and the best one to float32)")
     models = {name: path("students", name, "student.keras") for name in ("hard", "distilled", "distilled_unlabeled")}
     models["factorized"] = path("students", "factorized.keras")
     tflite = {f"{name}_int8": path("tflite", f"{name}_int8.tflite") for name in models}
     tflite[f"{best}_float32"] = path("tflite", f"{best}_float32.tflite")
-    stages.run([Command("distillery-quantize", [
-        f"--model={keras_path}", f"--output={tflite[name + '_int8']}", "--mode=int8",
-        f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"], f"quantize {name}")
-        for name, keras_path in models.items()]
-        + [Command("distillery-quantize", [f"--model={models[best]}", f"--output={tflite[best + '_float32']}",
-                                           "--mode=float32"], f"quantize {best} float32")])
+
+    def quantize(name: str, mode: str = "int8") -> Command:
+        args = [f"--model={models[name]}", f"--output={tflite[f'{name}_{mode}']}", f"--mode={mode}"]
+        if mode == "int8":
+            args += [f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"]
+        return Command("distillery-quantize", args, f"quantize {name}" + ("" if mode == "int8" else f" {mode}"))
+
+    # The factorize job is the long one; the students' conversions run beside it on the other core.
+    stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning "
+                  "(and quantize the students meanwhile)")
+    stages.run([Command("distillery-factorize", [
+        f"--model={models[best]}", f"--train={labelled_glob},{unlabeled_glob}",
+        f"--eval={test_glob}", f"--output={models['factorized']}",
+        f"--energy={cfg.factorize_energy}" if cfg.factorize_energy is not None
+        else f"--latency_reduction={cfg.factorize_latency_reduction}",
+        "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
+        f"--batch_size={cfg.batch_size}", f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize"),
+        *(quantize(name) for name in ("hard", "distilled", "distilled_unlabeled")), quantize(best, "float32")])
+
+    stages.banner("quantize the factorized student to int8")
+    stages.run([quantize("factorized")])
 
     stages.banner("benchmark every model on the test set: top-1, latency, per-op profile, LPIRC score")
     stages.run([Command("distillery-benchmark", [

@@ -55,10 +55,17 @@ def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
     output_dir, _ = demo_dir
     for name in ("hard", "distilled", "distilled_unlabeled"):
         summary = json.load(open(os.path.join(output_dir, "students", name, "summary.json")))
-        assert summary["steps"] == demo_config.TINY.train_steps
+        expected_steps = demo_config.TINY.train_steps_unlabeled if name == "distilled_unlabeled" else \
+            demo_config.TINY.train_steps
+        assert summary["steps"] == expected_steps
         assert 0.0 <= goals.top1_of_summary(summary) <= 1.0
     factorize_report = json.load(open(os.path.join(output_dir, "students", "factorized.keras.report.json")))
     assert factorize_report["layers"], "no layer was factorized"
+    assert factorize_report["mode"] == "layerwise"
+    assert factorize_report["finetune"]["final_steps"] == demo_config.TINY.factorize_final_steps
+    phases = factorize_report["finetune"]["phases"]
+    assert len(phases) == len(factorize_report["layers"]) + 1  # one per layer, then the joint phase
+    assert phases[-1]["steps"] == demo_config.TINY.factorize_final_steps
     from benchmark import tflite_model  # pylint: disable=import-outside-toplevel
 
     tflite_dir = os.path.join(output_dir, "tflite")
