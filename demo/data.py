@@ -11,7 +11,7 @@ the whole project is the centre crop of 87.5% of the shorter side (ImageNet's "r
 `distillery.views.eval_view`), and 28 / 32 = 87.5%: after padding, the evaluation view is exactly the
 original image, and the random training views (area fraction >= min_scale) are crops around it.
 
-    python -m demo.data --output_dir=/tmp/fmnist --labelled=10000 --unlabeled=20000 --test=10000
+    .venv/bin/python -c "from demo import data; print(data.write_splits('/tmp/fmnist', 10000, 20000, 10000).counts)"
 """
 
 from __future__ import annotations
