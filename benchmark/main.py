@@ -1,10 +1,11 @@
 """`distillery-benchmark`: latency, per-op profile, accuracy and LPIRC score of .tflite models.
 
 Every model is checked first (a corrupt or non-TFLite file, or a model whose classes or input do
-not fit the records, stops the run with an error naming the file). Then per model: single-image
-latency through ai-edge-litert (one thread by default, warm-up runs, N timed runs, min/median/p90),
-optionally the per-op profile (`--profile`), and with `--eval` top-1/top-5 (labelled records),
-teacher agreement and the LPIRC score. `--eval_runner=beam` evaluates with the Beam job of
+not fit the records, stops the run with an error naming the file). Then single-image latency through
+ai-edge-litert (one thread by default, warm-up runs, `--rounds` interleaved rounds of `--runs` timed
+runs over all models, pooled per model: min/median/p90), optionally the per-op profile (`--profile`),
+and with `--eval` top-1/top-5 (labelled records), teacher agreement and the LPIRC score, all models in
+one pass over the records. `--eval_runner=beam` evaluates with the Beam job of
 `benchmark.accuracy_pipeline` (Beam options after `--`). Writes DIR/report.json, report.md, PNGs.
 
     distillery-benchmark /tmp/student_float32.tflite /tmp/student_int8.tflite \
@@ -30,7 +31,7 @@ from benchmark import tflite_model
 from distillery import records
 from pipelines import beam_options
 
-_EVAL = flags.DEFINE_string("eval", None, "Glob of soft-label records to evaluate on (view 0 of each).")
+_EVAL = flags.DEFINE_string("eval", None, "Glob of soft-label records to evaluate on (the centre crop of each).")
 _EVAL_LIMIT = flags.DEFINE_integer("eval_limit", None, "Evaluate at most this many records.")
 _EVAL_RUNNER = flags.DEFINE_enum("eval_runner", "local", ["local", "beam"],
                                  "local: in this process; beam: the Beam job (options after --).")
@@ -64,6 +65,8 @@ def main(argv: list[str]) -> None:
     paths, beam_args = beam_options.split_argv(argv[1:], _BEAM_PIPELINE_OPTIONS.value)
     if not paths:
         raise app.UsageError("give at least one MODEL.tflite")
+    if _ROUNDS.value < 1 or _RUNS.value < 1:
+        raise app.UsageError("--rounds and --runs must be >= 1")
     try:
         classifiers = _check_inputs(paths)
     except (tflite_model.ModelFileError, records.RecordError, FileNotFoundError) as error:
@@ -72,8 +75,6 @@ def main(argv: list[str]) -> None:
     entries, profiles, timings = [], {}, {}
     if _EVAL_RUNNER.value == "beam" and "://" not in _REPORT_DIR.value:
         os.makedirs(_REPORT_DIR.value, exist_ok=True)
-    if _ROUNDS.value < 1 or _RUNS.value < 1:
-        raise app.UsageError("--rounds and --runs must be >= 1")
     contents = {path: tflite_model.read_tflite(path) for path in classifiers}
     samples: dict[str, list[float]] = {path: [] for path in classifiers}
     with latency.pinned_to_cpu(_CPU.value):
@@ -96,10 +97,12 @@ def main(argv: list[str]) -> None:
         timings[path] = (len(content), stats)
     counts_by_path = {path: None for path in classifiers}
     if _EVAL.value and _EVAL_RUNNER.value == "beam":
-        for path in classifiers:
-            counts_by_path[path] = accuracy_pipeline.run(
-                path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
-                output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
+        # Pinned like the local evaluation: the summed invoke times are the runtime of the LPIRC score.
+        with latency.pinned_to_cpu(_CPU.value):
+            for path in classifiers:
+                counts_by_path[path] = accuracy_pipeline.run(
+                    path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
+                    output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
     elif _EVAL.value:
         # One pass over the records for every model: each image is read and cropped once per input size.
         with latency.pinned_to_cpu(_CPU.value):

@@ -184,8 +184,15 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
         target_ms = (1.0 - config.latency_reduction) * profile.whole_model_ms
         log(f"--latency_reduction={config.latency_reduction:g}: budget {target_ms:.4f} ms "
             f"({profile.whole_model_ms:.4f} ms measured)")
-    selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms, target_ms)
-    return selection, {"target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
+    try:
+        selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms, target_ms)
+    except rank_selection.BudgetError as error:
+        if config.latency_reduction is None:
+            raise
+        raise rank_selection.BudgetError(f"--latency_reduction={config.latency_reduction:g} (budget {target_ms:.4f} ms): "
+                                         f"{error}") from None
+    extra = {} if config.latency_reduction is None else {"latency_reduction": config.latency_reduction}
+    return selection, {**extra, "target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
                        "estimated_ms": selection.estimated_ms}
 
@@ -221,7 +228,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     by_name = {layer.name: layer for layer in layers}
     layer_reports = [factorize.layer_report(model, by_name[name], rank, selection.estimated_ms_saved.get(name))
                      for name, rank in selection.ranks.items()]
-    chosen_by = ", ".join(f"{key}={method[key]:g}" for key in ("energy", "rank_ratio", "target_latency_ms")
+    chosen_by = ", ".join(f"{key}={method[key]:g}" for key in ("energy", "rank_ratio", "latency_reduction", "target_latency_ms")
                           if key in method) or "explicit --ranks"
     log(f"factorizing {len(selection.ranks)} of {len(layers)} layers ({chosen_by}), mode {tuning.mode}: "
         + ", ".join(f"{name} r={rank}" for name, rank in selection.ranks.items()))

@@ -1,6 +1,6 @@
 """The demo's settings: one Python config, with a `tiny` switch that shrinks everything for the tests.
 
-    make demo                                   # the full preset, about 18-20 minutes on 2 cores
+    make demo                                   # the full preset, 21.5 minutes measured on 2 cores
     .venv/bin/python -m demo.run --preset=tiny  # a few hundred images and tiny models, ~2 minutes
 
 Full preset, measured on 2 cores (README "The end-to-end run" has the table): teacher ~87% top-1 on the
@@ -43,6 +43,10 @@ class DemoConfig:
     benchmark_runs: int = 200      # timed runs per model per round
     benchmark_rounds: int = 10     # interleaved rounds (the speed-up goal compares two models' medians)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.factorize_energy is None) == (self.factorize_latency_reduction is None):
+            raise ValueError("set exactly one of factorize_energy and factorize_latency_reduction")
 
 
 FULL = DemoConfig()
