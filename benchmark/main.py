@@ -77,6 +77,9 @@ def main(argv: list[str]) -> None:
         os.makedirs(_REPORT_DIR.value, exist_ok=True)
     contents = {path: tflite_model.read_tflite(path) for path in classifiers}
     samples: dict[str, list[float]] = {path: [] for path in classifiers}
+    counts_by_path = {path: None for path in classifiers}
+    # Everything timed runs pinned: latency, the per-op profile and the evaluation, whose summed invoke
+    # times are the runtime of the LPIRC score.
     with latency.pinned_to_cpu(_CPU.value):
         for round_index in range(_ROUNDS.value):
             for path, content in contents.items():
@@ -84,28 +87,23 @@ def main(argv: list[str]) -> None:
                 samples[path].extend(stats.samples_ms)
             if _ROUNDS.value > 1:
                 logging.info("latency round %d/%d done", round_index + 1, _ROUNDS.value)
-    for path, content in contents.items():
-        stats = latency.LatencyStats.from_samples(samples[path])
-        print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
-              f"({stats.runs} runs in {_ROUNDS.value} round(s), {_NUM_THREADS.value} thread(s))")
-        if _PROFILE.value:
-            with latency.pinned_to_cpu(_CPU.value):
+        for path, content in contents.items():
+            stats = latency.LatencyStats.from_samples(samples[path])
+            print(f"{path}: latency min {stats.min:.3f} / median {stats.median:.3f} / p90 {stats.p90:.3f} ms "
+                  f"({stats.runs} runs in {_ROUNDS.value} round(s), {_NUM_THREADS.value} thread(s))")
+            if _PROFILE.value:
                 profile = op_profile.profile_ops(content, _NUM_THREADS.value, runs=_PROFILE_RUNS.value, name=path)
-            profiles[path] = profile
-            print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
-                  f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
-        timings[path] = (len(content), stats)
-    counts_by_path = {path: None for path in classifiers}
-    if _EVAL.value and _EVAL_RUNNER.value == "beam":
-        # Pinned like the local evaluation: the summed invoke times are the runtime of the LPIRC score.
-        with latency.pinned_to_cpu(_CPU.value):
+                profiles[path] = profile
+                print(f"{path}: {len(profile.rows)} ops, sum {profile.sum_ms:.3f} ms vs whole model "
+                      f"{profile.whole_model_ms:.3f} ms (ratio {profile.sum_ratio:.3f})")
+            timings[path] = (len(content), stats)
+        if _EVAL.value and _EVAL_RUNNER.value == "beam":
             for path in classifiers:
                 counts_by_path[path] = accuracy_pipeline.run(
                     path, _EVAL.value, beam_args, num_threads=_NUM_THREADS.value,
                     output=f"{_REPORT_DIR.value}/eval_counts_{report.safe_name(path)}.json")
-    elif _EVAL.value:
-        # One pass over the records for every model: each image is read and cropped once per input size.
-        with latency.pinned_to_cpu(_CPU.value):
+        elif _EVAL.value:
+            # One pass over the records for every model: each image is read and cropped once per input size.
             counts_by_path = accuracy.evaluate_records_many(
                 classifiers, records.read_records(_EVAL.value, _EVAL_LIMIT.value))
     for path, counts in counts_by_path.items():

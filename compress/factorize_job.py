@@ -189,8 +189,8 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     except rank_selection.BudgetError as error:
         if config.latency_reduction is None:
             raise
-        raise rank_selection.BudgetError(f"--latency_reduction={config.latency_reduction:g} (budget {target_ms:.4f} ms): "
-                                         f"{error}") from None
+        raise rank_selection.BudgetError(
+            f"--latency_reduction={config.latency_reduction:g} (budget {target_ms:.4f} ms): {error}") from None
     extra = {} if config.latency_reduction is None else {"latency_reduction": config.latency_reduction}
     return selection, {**extra, "target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,

@@ -8,10 +8,10 @@
 - oneshot: factorize every selected layer at once, then fine-tune all the weights jointly.
 
 Both spend `steps` optimizer steps (layerwise splits them evenly over the layers), so the comparison is
-at equal fine-tuning compute; layerwise with `final_steps` spends steps + final_steps. The loss, the record pipeline and the train step are the
-trainer's (`trainer.losses.distillation_loss` through `trainer.loop.make_train_step`, `trainer.data.
-make_dataset`), on one device: gradients are taken only for the model's trainable variables, which is
-what freezing relies on. Each phase gets a fresh Adam (or SGD) with cosine decay to 0.
+at equal fine-tuning compute; layerwise with `final_steps` spends steps + final_steps. The loss, the
+record pipeline and the train step are the trainer's (`trainer.losses.distillation_loss` through
+`trainer.loop.make_train_step`, `trainer.data.make_dataset`), on one device: gradients are taken only
+for the model's trainable variables, which is what freezing relies on. Each phase gets a fresh Adam (or SGD) with cosine decay to 0.
 
     python -c "from compress import finetune; help(finetune.factorize_and_finetune)"
 """

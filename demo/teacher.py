@@ -1,7 +1,7 @@
 """The demo's teacher: a bigger CNN trained on the labelled part of Fashion-MNIST with hard labels.
 
-It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 32x32 (the padded images), normalization
-inside the model, logits out. Training it is ordinary supervised learning (Keras fit on one device);
+It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 32x32 (the padded
+images), normalization inside the model, logits out. Training it is ordinary supervised learning (Keras fit on one device);
 distillation starts after it.
 
     .venv/bin/python -c "from demo import data, teacher; x, y = data.read_images('runs/demo/data/labelled.tfrecord'); \
@@ -66,9 +66,10 @@ def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: in
     extraction's --views > 1 stores: crops of area >= min_scale, flips), else the whole images.
     """
     keras.utils.set_random_seed(seed)
+    steps_per_epoch = -(-len(images) // batch_size)
     model = build_teacher(images.shape[1], int(labels.max()) + 1, width, dropout)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-                      2e-3, decay_steps=epochs * -(-len(images) // batch_size))),
+                      2e-3, decay_steps=epochs * steps_per_epoch)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     class _Throughput(keras.callbacks.Callback):
@@ -85,7 +86,7 @@ def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: in
                   callbacks=[_Throughput()])
     else:
         epochs_data = augmented_dataset(images, labels, batch_size, min_scale, seed)
-        model.fit(epochs_data, epochs=epochs, steps_per_epoch=-(-len(images) // batch_size), verbose=0,
+        model.fit(epochs_data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
                   callbacks=[_Throughput()])
     return model
 

@@ -93,7 +93,8 @@ def sample_views(image_id: str, seed: int, num_views: int, height: int, width: i
     return records.quantize_crops(np.array(crops)), np.array(flips, bool)
 
 
-def random_view_tensor(height, width, seed: tf.Tensor, min_scale: float = DEFAULT_MIN_SCALE) -> tuple[tf.Tensor, tf.Tensor]:
+def random_view_tensor(height, width, seed: tf.Tensor,
+                       min_scale: float = DEFAULT_MIN_SCALE) -> tuple[tf.Tensor, tf.Tensor]:
     """A random view drawn in the graph from the distribution of `sample_views` (V > 1): area fraction
     in [min_scale, 1], aspect ratio log-uniform in [3/4, 4/3], flip with probability 1/2; a box that does
     not fit is clipped to the image instead of retried. For training on the fly the model that labels
