@@ -208,7 +208,7 @@ class DecodeAndCropFn(beam.DoFn):
         self._crop = None
 
     def setup(self):
-        self._crop = views.compiled_crop_view(tuple(self._input_size))
+        self._crop = views.compiled_crop_views(tuple(self._input_size))
 
     def process(self, example: Any) -> Iterator[Any]:
         try:
@@ -225,10 +225,12 @@ class DecodeAndCropFn(beam.DoFn):
 
 def make_views(example: Any, image: np.ndarray, crop: Callable, num_views: int, seed: int, min_scale: float,
                store_image_max_side: int = 0) -> ViewedImage:
-    """The ViewedImage of a decoded [H, W, 3] uint8 image: sampled boxes and flips, and their pixels."""
+    """The ViewedImage of a decoded [H, W, 3] uint8 image: sampled boxes and flips, and their pixels.
+
+    `crop` is `views.compiled_crop_views(size)`: all views of the image in one call."""
     height, width = image.shape[:2]
     crops, flips = views.sample_views(str(example.image_id), seed, num_views, height, width, min_scale)
-    pixels = np.stack([crop(image, box, bool(flip)).numpy() for box, flip in zip(crops, flips)])
+    pixels = crop(image, crops.astype(np.float32), flips.astype(bool)).numpy()
     encoded = images.encode_bounded(image, store_image_max_side) if store_image_max_side > 0 else b""
     return ViewedImage(image_id=str(example.image_id), label=int(example.label), origin=str(example.origin),
                        crops=crops, flips=flips, pixels=pixels, encoded_image=encoded)

@@ -70,6 +70,22 @@ def test_crop_view_equals_a_hand_crop_eagerly_and_in_dataset_map():
     np.testing.assert_allclose(mapped.numpy(), expected)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (12, 40), (8, 8)])  # upscale both sides, one side, neither
+def test_crop_view_is_the_antialiased_resize_of_the_box(size):
+    # crop_view skips the (slow) antialiased kernel when it cannot change the result, so the pixels
+    # must match tf.image.resize(antialias=True) of the hand-cut box in every case.
+    image = np.random.default_rng(3).integers(0, 256, (28, 30, 3), dtype=np.uint8)
+    crop = np.array([0.25, 0.1, 0.75, 0.9], np.float32)  # rows 7..21, columns 3..27
+    box = image[7:21, 3:27, :].astype(np.float32)
+    expected = tf.image.resize(box, size, method="bilinear", antialias=True).numpy()
+    np.testing.assert_allclose(views.crop_view(tf.constant(image), crop, False, size).numpy(), expected,
+                               atol=2e-3)
+    # and the downscale still antialiases: plain bilinear differs by whole pixel levels there
+    if size == (8, 8):
+        plain = tf.image.resize(box, size, method="bilinear", antialias=False).numpy()
+        assert np.abs(plain - expected).max() > 1.0
+
+
 def test_crop_view_never_empty_and_resizes():
     image = np.full((1, 1, 3), 200, np.uint8)
     out = views.crop_view(tf.constant(image), np.array([0.4, 0.4, 0.41, 0.41]), False, (5, 7)).numpy()
@@ -132,3 +148,14 @@ def test_large_jpeg_decodes_at_reduced_scale():
 def test_encode_bounded_limits_the_longer_side():
     encoded = images.encode_bounded(np.zeros((300, 600, 3), np.uint8), 128)
     assert images.decode_rgb(encoded).shape == (64, 128, 3)
+
+
+def test_compiled_crop_views_equals_crop_view_per_view():
+    image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    crops, flips = views.sample_views("some/image.jpg", 0, 5, 40, 30, min_scale=0.2)
+    together = views.compiled_crop_views((16, 12))(image, crops.astype(np.float32), flips).numpy()
+    assert together.shape == (5, 16, 12, 3)
+    for index in range(5):
+        np.testing.assert_allclose(together[index],
+                                   views.crop_view(tf.constant(image), crops[index], flips[index], (16, 12)).numpy(),
+                                   atol=1e-4)
