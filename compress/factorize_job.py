@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from compress import factorize
@@ -58,6 +59,9 @@ class JobConfig:
       calibration_steps: int8 calibration images for the latency profile.
       profile_runs: timed runs per op (and for the whole model) in the latency profile.
       verify_latency: with a latency budget, measure the factorized int8 model after fine-tuning.
+      latency_rounds: with a latency budget, how many selections to build and time before fine-tuning
+        (each reselects with the per-op overhead the last one's measured miss implies; 0 = trust the
+        estimate).
     """
 
     model_path: str
@@ -74,6 +78,7 @@ class JobConfig:
     calibration_steps: int = 64
     profile_runs: int = 30
     verify_latency: bool = True
+    latency_rounds: int = 3
 
 
 def parse_ranks(text: str) -> dict[str, int]:
@@ -142,13 +147,66 @@ def load_student(path: str) -> keras.Model:
         raise JobError(str(error)) from None
 
 
-def int8_flatbuffer(model: keras.Model, train_pattern: str, calibration_steps: int) -> bytes:
-    """The model as full-integer int8 TFLite, calibrated on views of the training records."""
+def int8_flatbuffer(model: keras.Model, train_pattern: str, calibration_steps: int,
+                    calibration: list[np.ndarray] | None = None) -> bytes:
+    """The model as full-integer int8 TFLite, calibrated on views of the training records (or on the
+    given `calibration` inputs, read once by the caller)."""
     from compress import quantize  # pylint: disable=import-outside-toplevel
 
-    height, width, channels = quantize.input_shape_of(model)
-    calibration = quantize.calibration_images(train_pattern, (height, width), calibration_steps, channels)
+    if calibration is None:
+        height, width, channels = quantize.input_shape_of(model)
+        calibration = quantize.calibration_images(train_pattern, (height, width), calibration_steps, channels)
     return quantize.convert(model, "int8", calibration)
+
+
+def latency_ratio(candidate: bytes, reference: bytes, runs: int, rounds: int = 3) -> float:
+    """Median latency of `candidate` over `reference` (single thread), timed in alternating rounds so
+    that the load of a shared machine falls on both; the median of the per-round ratios."""
+    from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
+
+    ratios = []
+    for _ in range(rounds):
+        reference_ms = latency_module.interpreter_latency(reference, 1, runs=runs).median
+        ratios.append(latency_module.interpreter_latency(candidate, 1, runs=runs).median / reference_ms)
+    return float(np.median(ratios))
+
+
+def calibrate_selection(model: keras.Model, select: Callable[[float], rank_selection.Selection],
+                        measure_ms: Callable[[rank_selection.Selection], float], target_ms: float, rounds: int,
+                        log: Callable[[str], None]) -> tuple[rank_selection.Selection, list[dict]]:
+    """Selects ranks, builds and times each selection, and reselects with the calibrated per-op overhead.
+
+    `select(op_overhead_ms)` is the greedy selection; `measure_ms(selection)` the measured latency of the
+    factorized int8 model (the factors straight from the SVD: latency does not depend on the values).
+    Stops at the first selection measured within `target_ms`; otherwise keeps the fastest measured one.
+
+    Returns:
+      (selection, one dict per round: overhead, ranks, estimated and measured ms).
+
+    Raises:
+      rank_selection.BudgetError: the first selection is impossible (later ones end the rounds instead).
+    """
+    overhead, attempts, best = 0.0, [], None
+    for round_number in range(1, rounds + 1):
+        try:
+            selection = select(overhead)
+        except rank_selection.BudgetError as error:
+            if best is None:
+                raise
+            log(f"latency round {round_number}: per-op overhead {overhead:.4f} ms leaves no selection within "
+                f"the budget ({error}); keeping round {best[1]}")
+            break
+        measured = measure_ms(selection)
+        attempts.append({"op_overhead_ms": overhead, "ranks": dict(selection.ranks),
+                         "estimated_ms": selection.estimated_ms, "measured_ms": measured})
+        log(f"latency round {round_number}: {len(selection.ranks)} layers, estimated {selection.estimated_ms:.4f} ms "
+            f"with {overhead:.4f} ms per extra op, measured {measured:.4f} ms (budget {target_ms:.4f} ms)")
+        if best is None or measured < best[0]:
+            best = (measured, round_number, selection)
+        if measured <= target_ms:
+            return selection, attempts
+        overhead = rank_selection.calibrated_overhead_ms(selection, measured)
+    return best[2], attempts
 
 
 def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], config: JobConfig,
@@ -168,8 +226,13 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
         return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}
     from benchmark import op_profile  # pylint: disable=import-outside-toplevel
 
+    from compress import quantize  # pylint: disable=import-outside-toplevel
+
     start = time.perf_counter()
-    content = int8_flatbuffer(model, config.train_pattern, config.calibration_steps)
+    height, width, channels = quantize.input_shape_of(model)
+    calibration = quantize.calibration_images(config.train_pattern, (height, width), config.calibration_steps,
+                                              channels)
+    content = int8_flatbuffer(model, config.train_pattern, config.calibration_steps, calibration)
     profile = op_profile.profile_ops(content, num_threads=1, runs=config.profile_runs, name=config.model_path)
     # Each single-op slice pays one interpreter call of overhead, so the ops sum to more than the whole
     # model; their times are scaled to add up to the whole model before they are compared with the budget.
@@ -184,8 +247,22 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
         target_ms = (1.0 - config.latency_reduction) * profile.whole_model_ms
         log(f"--latency_reduction={config.latency_reduction:g}: budget {target_ms:.4f} ms "
             f"({profile.whole_model_ms:.4f} ms measured)")
+
+    def select(op_overhead_ms: float) -> rank_selection.Selection:
+        return rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms, target_ms,
+                                                 op_overhead_ms=op_overhead_ms)
+
+    def measure_ms(selection: rank_selection.Selection) -> float:
+        candidate = int8_flatbuffer(factorize.factorize_model(model, selection.ranks), config.train_pattern,
+                                    config.calibration_steps, calibration)
+        return latency_ratio(candidate, content, runs=10 * config.profile_runs) * profile.whole_model_ms
+
+    rounds: list[dict] = []
     try:
-        selection = rank_selection.select_for_latency(model, layers, layer_ms, profile.whole_model_ms, target_ms)
+        if config.latency_rounds > 0:
+            selection, rounds = calibrate_selection(model, select, measure_ms, target_ms, config.latency_rounds, log)
+        else:
+            selection = select(0.0)
     except rank_selection.BudgetError as error:
         if config.latency_reduction is None:
             raise
@@ -194,7 +271,8 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     extra = {} if config.latency_reduction is None else {"latency_reduction": config.latency_reduction}
     return selection, {**extra, "target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
-                       "estimated_ms": selection.estimated_ms}
+                       "op_overhead_ms": selection.op_overhead_ms, "estimated_ms": selection.estimated_ms,
+                       "latency_rounds": rounds}
 
 
 def save_model(model: keras.Model, path: str) -> None:

@@ -146,3 +146,23 @@ def test_bad_flags_are_refused_early(inputs, tmp_path):
     with pytest.raises(factorize_job.JobError, match="expected LAYER:RANK"):
         factorize_job.parse_ranks("pw1=3")
     assert factorize_job.parse_ranks("pw1:3, pw2:5") == {"pw1": 3, "pw2": 5}
+
+
+def test_latency_budget_rounds_are_measured_and_reported(inputs, tmp_path):
+    """With a budget, each round's selection is built, converted and timed before fine-tuning; the
+    ranks fine-tuned are one round's, and the report keeps every round."""
+    model_path, record_glob, _ = inputs
+    tuning = finetune.FinetuneConfig(record_glob, steps=2, batch_size=8)
+    config = factorize_job.JobConfig(model_path, record_glob, str(tmp_path / "l.keras"), latency_reduction=0.01,
+                                     calibration_steps=4, profile_runs=3, latency_rounds=2, tuning=tuning)
+    lines = []
+    report = factorize_job.run(config, log=lines.append)  # round 1 trusts MACs: 1% is always within reach
+    rounds = report["selection"]["latency_rounds"]
+    assert 1 <= len(rounds) <= 2 and all(entry["measured_ms"] > 0 for entry in rounds)
+    assert {layer["name"]: layer["rank"] for layer in report["layers"]} in [entry["ranks"] for entry in rounds]
+    assert sum(line.startswith("latency round") for line in lines) >= len(rounds)
+    assert rounds[0]["op_overhead_ms"] == 0.0
+    if len(rounds) == 2:  # the second round is charged the first one's measured miss per factorized layer
+        first = rounds[0]
+        expected = max(0.0, (first["measured_ms"] - first["estimated_ms"]) / len(first["ranks"]))
+        assert rounds[1]["op_overhead_ms"] == pytest.approx(expected)

@@ -84,3 +84,52 @@ def test_layers_without_a_profiled_op_are_not_candidates():
     layers = factorize.find_factorizable_layers(model)
     selection = rank_selection.select_for_latency(model, layers, {"steep": 1.0}, 3.0, 2.5, (0.3, 0.2))
     assert selection.ranks == {"steep": 1} and "no op" in selection.skipped["flat"]
+
+
+def test_op_overhead_is_charged_to_every_factorized_layer():
+    model = _two_layer_model()
+    layers = factorize.find_factorizable_layers(model)
+    # overhead 0.5 ms: steep saves 0.75 - 0.5; flat's 0.25 and 0.5 ms are eaten by its extra op.
+    selection = rank_selection.select_for_latency(model, layers, {"steep": 1.0, "flat": 1.0}, 3.0, 2.8, (0.3, 0.2),
+                                                  op_overhead_ms=0.5)
+    assert selection.ranks == {"steep": 1} and selection.estimated_ms == pytest.approx(2.75)
+    assert selection.op_overhead_ms == 0.5
+    assert "no candidate rank saves time" in selection.skipped["flat"]
+    assert rank_selection.estimated_saving_ms(layers[0], 1.0, 1, op_overhead_ms=0.5) == pytest.approx(0.25)
+
+
+def test_calibrated_overhead_spreads_the_miss_over_the_factorized_layers():
+    selection = rank_selection.Selection({"a": 1, "b": 2}, {}, {"a": 0.3, "b": 0.2}, model_ms=3.0, target_ms=2.5,
+                                         op_overhead_ms=0.1)
+    assert selection.estimated_ms == pytest.approx(2.5)
+    assert rank_selection.calibrated_overhead_ms(selection, 2.9) == pytest.approx(0.1 + 0.4 / 2)
+    assert rank_selection.calibrated_overhead_ms(selection, 1.0) == 0.0  # faster than estimated: not negative
+
+
+def _true_latency(selection, model_ms=3.0, true_overhead=0.3):
+    """What a machine whose extra ops really cost 0.3 ms would measure (savings as with overhead 0)."""
+    saved_without_overhead = {name: ms + selection.op_overhead_ms for name, ms in selection.estimated_ms_saved.items()}
+    return model_ms - sum(saved - true_overhead for saved in saved_without_overhead.values())
+
+
+@pytest.mark.parametrize("target,rounds,ranks,measured", [
+    # round 1 trusts MACs (steep only, estimated 2.25, measured 2.55); round 2, charged 0.3 ms per op,
+    # adds flat at rank 2 and measures 2.35 <= 2.5.
+    (2.5, [0.0, 0.3], {"steep": 1, "flat": 2}, 2.35),
+    # 2.3 is out of reach once the overhead is known: round 2 is impossible, round 1 (the fastest) is kept.
+    (2.3, [0.0], {"steep": 1}, 2.55),
+])
+def test_latency_rounds_reselect_with_the_measured_overhead(target, rounds, ranks, measured):
+    from compress import factorize_job
+
+    model = _two_layer_model()
+    layers = factorize.find_factorizable_layers(model)
+    select = lambda overhead: rank_selection.select_for_latency(  # noqa: E731
+        model, layers, {"steep": 1.0, "flat": 1.0}, 3.0, target, (0.3, 0.2), op_overhead_ms=overhead)
+    lines = []
+    selection, attempts = factorize_job.calibrate_selection(model, select, _true_latency, target, 3, lines.append)
+    assert selection.ranks == ranks
+    assert [attempt["op_overhead_ms"] for attempt in attempts] == pytest.approx(rounds)
+    assert _true_latency(selection) == pytest.approx(measured)
+    assert attempts[-1]["measured_ms"] == pytest.approx(2.35 if target == 2.5 else 2.55)
+    assert len(lines) == len(attempts) + (0 if target == 2.5 else 1)
