@@ -162,6 +162,8 @@ def test_latency_budget_rounds_are_measured_and_reported(inputs, tmp_path):
     assert {layer["name"]: layer["rank"] for layer in report["layers"]} in [entry["ranks"] for entry in rounds]
     assert sum(line.startswith("latency round") for line in lines) >= len(rounds)
     assert rounds[0]["op_overhead_ms"] == 0.0
+    assert report["latency"]["measured_factorized_ms"] > 0  # after fine-tuning, timed against the student
+    assert "student_int8" not in report["selection"] and "student_int8" not in report["latency"]
     if len(rounds) == 2:  # the second round is charged the first one's measured miss per factorized layer
         first = rounds[0]
         expected = max(0.0, (first["measured_ms"] - first["estimated_ms"]) / len(first["ranks"]))
