@@ -5,7 +5,8 @@ known to be usable):
 
 1. load the student (.keras or SavedModel) and find its 1x1 convolutions (and dense layers);
 2. pick ranks: `--energy`, `--rank_ratio`, `--target_latency_ms` or `--latency_reduction` (the last two from
-   the per-op profile of the int8 TFLite student, calibrated on the training records; see
+   the per-op profile of the int8 TFLite student, calibrated on the training records, then each selection
+   built, converted and timed against the student, `--selection_rounds` times at most; see
    compress/rank_selection.py);
 3. factorize and fine-tune, `--mode=layerwise` (the LPIRC 2018 seed procedure) or `oneshot`;
 4. top-1 on `--eval` before, right after factorization, and after fine-tuning (Keras float32 model, centre
@@ -59,7 +60,7 @@ class JobConfig:
       calibration_steps: int8 calibration images for the latency profile.
       profile_runs: timed runs per op (and for the whole model) in the latency profile.
       verify_latency: with a latency budget, measure the factorized int8 model after fine-tuning.
-      latency_rounds: with a latency budget, how many selections to build and time before fine-tuning
+      selection_rounds: with a latency budget, how many selections to build and time before fine-tuning
         (each reselects with the per-op overhead the last one's measured miss implies; 0 = trust the
         estimate).
     """
@@ -78,7 +79,7 @@ class JobConfig:
     calibration_steps: int = 64
     profile_runs: int = 30
     verify_latency: bool = True
-    latency_rounds: int = 3
+    selection_rounds: int = 3
 
 
 def parse_ranks(text: str) -> dict[str, int]:
@@ -147,15 +148,18 @@ def load_student(path: str) -> keras.Model:
         raise JobError(str(error)) from None
 
 
-def int8_flatbuffer(model: keras.Model, train_pattern: str, calibration_steps: int,
-                    calibration: list[np.ndarray] | None = None) -> bytes:
-    """The model as full-integer int8 TFLite, calibrated on views of the training records (or on the
-    given `calibration` inputs, read once by the caller)."""
+def calibration_inputs(model: keras.Model, train_pattern: str, calibration_steps: int) -> list[np.ndarray]:
+    """int8 calibration inputs at the model's input size: views of the training records."""
     from compress import quantize  # pylint: disable=import-outside-toplevel
 
-    if calibration is None:
-        height, width, channels = quantize.input_shape_of(model)
-        calibration = quantize.calibration_images(train_pattern, (height, width), calibration_steps, channels)
+    height, width, channels = quantize.input_shape_of(model)
+    return quantize.calibration_images(train_pattern, (height, width), calibration_steps, channels)
+
+
+def int8_flatbuffer(model: keras.Model, calibration: list[np.ndarray]) -> bytes:
+    """The model as full-integer int8 TFLite, calibrated on `calibration_inputs`."""
+    from compress import quantize  # pylint: disable=import-outside-toplevel
+
     return quantize.convert(model, "int8", calibration)
 
 
@@ -171,14 +175,15 @@ def latency_ratio(candidate: bytes, reference: bytes, runs: int, rounds: int = 3
     return float(np.median(ratios))
 
 
-def calibrate_selection(model: keras.Model, select: Callable[[float], rank_selection.Selection],
+def calibrate_selection(select: Callable[[float], rank_selection.Selection],
                         measure_ms: Callable[[rank_selection.Selection], float], target_ms: float, rounds: int,
                         log: Callable[[str], None]) -> tuple[rank_selection.Selection, list[dict]]:
     """Selects ranks, builds and times each selection, and reselects with the calibrated per-op overhead.
 
     `select(op_overhead_ms)` is the greedy selection; `measure_ms(selection)` the measured latency of the
     factorized int8 model (the factors straight from the SVD: latency does not depend on the values).
-    Stops at the first selection measured within `target_ms`; otherwise keeps the fastest measured one.
+    Stops at the first selection measured within `target_ms`, at an empty selection (nothing to time), or
+    when a reselection repeats an earlier one; otherwise keeps the fastest measured one.
 
     Returns:
       (selection, one dict per round: overhead, ranks, estimated and measured ms).
@@ -196,6 +201,12 @@ def calibrate_selection(model: keras.Model, select: Callable[[float], rank_selec
             log(f"latency round {round_number}: per-op overhead {overhead:.4f} ms leaves no selection within "
                 f"the budget ({error}); keeping round {best[1]}")
             break
+        if not selection.ranks and best is None:
+            return selection, attempts  # nothing to time (the caller refuses an empty selection)
+        if not selection.ranks or any(attempt["ranks"] == selection.ranks for attempt in attempts):
+            log(f"latency round {round_number}: per-op overhead {overhead:.4f} ms selects "
+                f"{'nothing' if not selection.ranks else 'the ranks of an earlier round'}; keeping round {best[1]}")
+            break
         measured = measure_ms(selection)
         attempts.append({"op_overhead_ms": overhead, "ranks": dict(selection.ranks),
                          "estimated_ms": selection.estimated_ms, "measured_ms": measured})
@@ -206,14 +217,16 @@ def calibrate_selection(model: keras.Model, select: Callable[[float], rank_selec
         if measured <= target_ms:
             return selection, attempts
         overhead = rank_selection.calibrated_overhead_ms(selection, measured)
+    else:
+        log(f"no round met the budget of {target_ms:.4f} ms; keeping round {best[1]} ({best[0]:.4f} ms, the fastest)")
     return best[2], attempts
 
 
 def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], config: JobConfig,
                  log: Callable[[str], None]) -> tuple[rank_selection.Selection, dict]:
     """The ranks per the config, and a description of the method for the report (with a latency
-    budget also "student_int8", the student's int8 flatbuffer the budget was measured on, which
-    `run` takes out before writing the report).
+    budget also "student_int8", the student's int8 flatbuffer the budget was measured on, and
+    "calibration", its calibration inputs, which `run` takes out before writing the report).
 
     Raises:
       rank_selection.BudgetError: a latency budget no allowed factorization meets.
@@ -228,13 +241,9 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
         return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}
     from benchmark import op_profile  # pylint: disable=import-outside-toplevel
 
-    from compress import quantize  # pylint: disable=import-outside-toplevel
-
     start = time.perf_counter()
-    height, width, channels = quantize.input_shape_of(model)
-    calibration = quantize.calibration_images(config.train_pattern, (height, width), config.calibration_steps,
-                                              channels)
-    content = int8_flatbuffer(model, config.train_pattern, config.calibration_steps, calibration)
+    calibration = calibration_inputs(model, config.train_pattern, config.calibration_steps)
+    content = int8_flatbuffer(model, calibration)
     profile = op_profile.profile_ops(content, num_threads=1, runs=config.profile_runs, name=config.model_path)
     # Each single-op slice pays one interpreter call of overhead, so the ops sum to more than the whole
     # model; their times are scaled to add up to the whole model before they are compared with the budget.
@@ -255,14 +264,13 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
                                                  op_overhead_ms=op_overhead_ms)
 
     def measure_ms(selection: rank_selection.Selection) -> float:
-        candidate = int8_flatbuffer(factorize.factorize_model(model, selection.ranks), config.train_pattern,
-                                    config.calibration_steps, calibration)
+        candidate = int8_flatbuffer(factorize.factorize_model(model, selection.ranks), calibration)
         return latency_ratio(candidate, content, runs=10 * config.profile_runs) * profile.whole_model_ms
 
     rounds: list[dict] = []
     try:
-        if config.latency_rounds > 0:
-            selection, rounds = calibrate_selection(model, select, measure_ms, target_ms, config.latency_rounds, log)
+        if config.selection_rounds > 0:
+            selection, rounds = calibrate_selection(select, measure_ms, target_ms, config.selection_rounds, log)
         else:
             selection = select(0.0)
     except rank_selection.BudgetError as error:
@@ -274,7 +282,7 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     return selection, {**extra, "target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
                        "op_overhead_ms": selection.op_overhead_ms, "estimated_ms": selection.estimated_ms,
-                       "latency_rounds": rounds, "student_int8": content}
+                       "selection_rounds": rounds, "student_int8": content, "calibration": calibration}
 
 
 def save_model(model: keras.Model, path: str) -> None:
@@ -302,7 +310,8 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     if not config.include_dense:
         layers = [layer for layer in layers if layer.kind != "dense"]
     selection, method = select_ranks(model, layers, config, log)
-    student_int8 = method.pop("student_int8", None)  # the student's int8 flatbuffer (latency budgets only)
+    # The student's int8 flatbuffer and its calibration inputs (latency budgets only): reused, not reported.
+    student_int8, calibration = method.pop("student_int8", None), method.pop("calibration", None)
     if not selection.ranks:
         reasons = "; ".join(f"{name}: {why}" for name, why in selection.skipped.items())
         raise factorize.FactorizationError(f"no layer of {config.model_path} is worth factorizing with {method}: {reasons}")
@@ -329,7 +338,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     if latency is not None and config.verify_latency:
         from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
 
-        content = int8_flatbuffer(tuned, config.train_pattern, config.calibration_steps)
+        content = int8_flatbuffer(tuned, calibration)
         # Timed against the student, as in the selection rounds: a bare median moved by 45% between two
         # runs of the demo whose benchmark medians agreed, because other jobs shared the machine.
         latency["measured_factorized_ms"] = latency_ratio(

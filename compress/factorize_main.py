@@ -47,8 +47,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data order and view choices
 _LOG_EVERY = flags.DEFINE_integer("log_every", 100, "Steps between progress lines.")
 _CALIBRATION_STEPS = flags.DEFINE_integer("calibration_steps", 64, "int8 calibration images (latency budget).")
 _PROFILE_RUNS = flags.DEFINE_integer("profile_runs", 30, "Timed runs per op in the latency profile.")
-_LATENCY_ROUNDS = flags.DEFINE_integer(
-    "latency_rounds", 3, "With a latency budget: selections built and timed before fine-tuning, each reselecting "
+_SELECTION_ROUNDS = flags.DEFINE_integer(
+    "selection_rounds", 3, "With a latency budget: selections built and timed before fine-tuning, each reselecting "
     "with the per-op overhead the last one's miss implies (0 = trust the MAC-based estimate).", lower_bound=0)
 
 flags.mark_flags_as_required(["model", "train", "output"])
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
         energy=_ENERGY.value, rank_ratio=_RANK_RATIO.value, target_latency_ms=_TARGET_LATENCY_MS.value,
         latency_reduction=_LATENCY_REDUCTION.value, ranks=ranks,
         include_dense=_INCLUDE_DENSE.value, tuning=tuning, calibration_steps=_CALIBRATION_STEPS.value,
-        profile_runs=_PROFILE_RUNS.value, latency_rounds=_LATENCY_ROUNDS.value)
+        profile_runs=_PROFILE_RUNS.value, selection_rounds=_SELECTION_ROUNDS.value)
     try:
         report = factorize_job.run(config, log=lambda line: print(line, flush=True))
     except (factorize_job.JobError, factorize.FactorizationError, rank_selection.BudgetError,

@@ -63,7 +63,7 @@ class Command(NamedTuple):
     name: str
     args: Sequence[str]
     label: str
-    env: Mapping[str, str] = {}
+    env: Mapping[str, str] | None = None
 
 
 # TensorFlow's own thread-pool sizes, for commands that share the machine's cores: the student steps are
@@ -92,20 +92,20 @@ class Stages:
 
     def _run_one(self, command: Command, running: dict) -> None:
         argv = command_line(command.name, command.args)
-        logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in command.env.items()), *argv]))
+        env = dict(command.env or {})
+        logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in env.items()), *argv]))
         began = time.perf_counter()
-        process = subprocess.Popen(argv, env={**os.environ, **command.env} if command.env else None)
+        process = subprocess.Popen(argv, env={**os.environ, **env} if env else None)
         running[command.label] = process
         returncode = process.wait()
         self.seconds[command.label] = round(time.perf_counter() - began, 1)
         if returncode != 0:
             raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {returncode}")
 
-    def run(self, commands: Sequence[Command], parallel: int | None = None) -> None:
-        """Runs the commands, `parallel` (default: the stages') at a time; on the first failure stops
-        the others and raises."""
+    def run(self, commands: Sequence[Command]) -> None:
+        """Runs the commands, `parallel` at a time; on the first failure stops the others and raises."""
         running: dict[str, subprocess.Popen] = {}
-        with concurrent.futures.ThreadPoolExecutor(parallel or self.parallel) as pool:
+        with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
             futures = [pool.submit(self._run_one, command, running) for command in commands]
             try:
                 for future in futures:

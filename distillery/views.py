@@ -203,6 +203,7 @@ def compiled_eval_view(size: tuple[int, int]) -> Callable:
 
 
 def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """All V views of one image, eagerly: [V, height, width, 3] float32 (extraction's path)."""
+    """All V views of one image, eagerly: [V, height, width, 3] float32 (tests and benchmarks; extraction
+    uses the compiled `compiled_crop_views`)."""
     image = tf.convert_to_tensor(image)
     return np.stack([crop_view(image, crop, flip, size).numpy() for crop, flip in zip(crops, flips)])

@@ -154,10 +154,10 @@ def test_latency_budget_rounds_are_measured_and_reported(inputs, tmp_path):
     model_path, record_glob, _ = inputs
     tuning = finetune.FinetuneConfig(record_glob, steps=2, batch_size=8)
     config = factorize_job.JobConfig(model_path, record_glob, str(tmp_path / "l.keras"), latency_reduction=0.01,
-                                     calibration_steps=4, profile_runs=3, latency_rounds=2, tuning=tuning)
+                                     calibration_steps=4, profile_runs=3, selection_rounds=2, tuning=tuning)
     lines = []
     report = factorize_job.run(config, log=lines.append)  # round 1 trusts MACs: 1% is always within reach
-    rounds = report["selection"]["latency_rounds"]
+    rounds = report["selection"]["selection_rounds"]
     assert 1 <= len(rounds) <= 2 and all(entry["measured_ms"] > 0 for entry in rounds)
     assert {layer["name"]: layer["rank"] for layer in report["layers"]} in [entry["ranks"] for entry in rounds]
     assert sum(line.startswith("latency round") for line in lines) >= len(rounds)

@@ -112,14 +112,14 @@ def _true_latency(selection, model_ms=3.0, true_overhead=0.3):
     return model_ms - sum(saved - true_overhead for saved in saved_without_overhead.values())
 
 
-@pytest.mark.parametrize("target,rounds,ranks,measured", [
+@pytest.mark.parametrize("target,overheads,ranks,measured,extra_lines", [
     # round 1 trusts MACs (steep only, estimated 2.25, measured 2.55); round 2, charged 0.3 ms per op,
     # adds flat at rank 2 and measures 2.35 <= 2.5.
-    (2.5, [0.0, 0.3], {"steep": 1, "flat": 2}, 2.35),
+    (2.5, [0.0, 0.3], {"steep": 1, "flat": 2}, 2.35, 0),
     # 2.3 is out of reach once the overhead is known: round 2 is impossible, round 1 (the fastest) is kept.
-    (2.3, [0.0], {"steep": 1}, 2.55),
+    (2.3, [0.0], {"steep": 1}, 2.55, 1),
 ])
-def test_latency_rounds_reselect_with_the_measured_overhead(target, rounds, ranks, measured):
+def test_latency_rounds_reselect_with_the_measured_overhead(target, overheads, ranks, measured, extra_lines):
     from compress import factorize_job
 
     model = _two_layer_model()
@@ -127,9 +127,40 @@ def test_latency_rounds_reselect_with_the_measured_overhead(target, rounds, rank
     select = lambda overhead: rank_selection.select_for_latency(  # noqa: E731
         model, layers, {"steep": 1.0, "flat": 1.0}, 3.0, target, (0.3, 0.2), op_overhead_ms=overhead)
     lines = []
-    selection, attempts = factorize_job.calibrate_selection(model, select, _true_latency, target, 3, lines.append)
+    selection, attempts = factorize_job.calibrate_selection(select, _true_latency, target, 3, lines.append)
     assert selection.ranks == ranks
-    assert [attempt["op_overhead_ms"] for attempt in attempts] == pytest.approx(rounds)
+    assert [attempt["op_overhead_ms"] for attempt in attempts] == pytest.approx(overheads)
     assert _true_latency(selection) == pytest.approx(measured)
-    assert attempts[-1]["measured_ms"] == pytest.approx(2.35 if target == 2.5 else 2.55)
-    assert len(lines) == len(attempts) + (0 if target == 2.5 else 1)
+    assert attempts[-1]["measured_ms"] == pytest.approx(measured)
+    assert len(lines) == len(attempts) + extra_lines
+
+
+def test_latency_rounds_keep_the_fastest_when_none_meets_the_budget():
+    from compress import factorize_job
+
+    # Three selections, none within 1.0 ms; the second one measured fastest, the third repeats nothing.
+    selections = [rank_selection.Selection({"a": 4}, {}, {"a": 0.5}, 3.0, 1.0),
+                  rank_selection.Selection({"a": 2}, {}, {"a": 0.9}, 3.0, 1.0, 0.1),
+                  rank_selection.Selection({"a": 1}, {}, {"a": 1.2}, 3.0, 1.0, 0.2)]
+    measured = {4: 2.8, 2: 2.4, 1: 2.6}
+    calls = iter(selections)
+    lines = []
+    selection, attempts = factorize_job.calibrate_selection(lambda overhead: next(calls),
+                                                            lambda chosen: measured[chosen.ranks["a"]], 1.0, 3,
+                                                            lines.append)
+    assert selection is selections[1]
+    assert [attempt["measured_ms"] for attempt in attempts] == [2.8, 2.4, 2.6]
+    assert lines[-1].startswith("no round met the budget of 1.0000 ms; keeping round 2 (2.4000 ms")
+
+
+def test_latency_rounds_stop_when_a_reselection_repeats_itself():
+    from compress import factorize_job
+
+    same = rank_selection.Selection({"a": 2}, {}, {"a": 0.5}, 3.0, 1.0)
+    timed = []
+    lines = []
+    selection, attempts = factorize_job.calibrate_selection(lambda overhead: same,
+                                                            lambda chosen: timed.append(chosen) or 2.9, 1.0, 3,
+                                                            lines.append)
+    assert selection is same and len(timed) == 1 and len(attempts) == 1  # timed once, not three times
+    assert "the ranks of an earlier round; keeping round 1" in lines[-1]

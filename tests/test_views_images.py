@@ -150,12 +150,16 @@ def test_encode_bounded_limits_the_longer_side():
     assert images.decode_rgb(encoded).shape == (64, 128, 3)
 
 
-def test_compiled_crop_views_equals_crop_view_per_view():
-    image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    crops, flips = views.sample_views("some/image.jpg", 0, 5, 40, 30, min_scale=0.2)
+@pytest.mark.parametrize("height,width", [(40, 30), (10, 8)])  # boxes larger (antialiased) / smaller (plain)
+def test_compiled_crop_views_equals_crop_view_per_view(height, width):
+    image = np.random.default_rng(2).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    crops, flips = views.sample_views("some/image.jpg", 0, 5, height, width, min_scale=0.2)
     together = views.compiled_crop_views((16, 12))(image, crops.astype(np.float32), flips).numpy()
     assert together.shape == (5, 16, 12, 3)
     for index in range(5):
-        np.testing.assert_allclose(together[index],
-                                   views.crop_view(tf.constant(image), crops[index], flips[index], (16, 12)).numpy(),
-                                   atol=1e-4)
+        one = views.crop_view(tf.constant(image), crops[index], flips[index], (16, 12)).numpy()
+        np.testing.assert_allclose(together[index], one, atol=1e-4)
+        box = views.pixel_box(crops[index], height, width)  # and each is the antialiased resize of its box
+        patch = image[box[0]:box[1], box[2]:box[3]].astype(np.float32)
+        patch = patch[:, ::-1] if flips[index] else patch
+        np.testing.assert_allclose(one, tf.image.resize(patch, (16, 12), antialias=True).numpy(), atol=2e-3)
