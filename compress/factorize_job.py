@@ -336,8 +336,6 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
         log(f"top-1 after fine-tuning {top1['after_finetune']:.4f}")
     latency = dict(method) if "target_latency_ms" in method else None
     if latency is not None and config.verify_latency:
-        from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
-
         content = int8_flatbuffer(tuned, calibration)
         # Timed against the student, as in the selection rounds: a bare median moved by 45% between two
         # runs of the demo whose benchmark medians agreed, because other jobs shared the machine.

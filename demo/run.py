@@ -151,8 +151,8 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     labelled_glob, unlabeled_glob, test_glob = path("soft", "labelled-*"), path("soft", "unlabeled-*"), path("soft", "test-*")
     # name: (records, alpha, steps). The student with 3x the images trains longer (about 2/3 of the passes
     # over its data the others get) and starts first on one core; the two shorter runs follow each other
-    # on the other, one TensorFlow thread each (ONE_THREAD). Measured: three at once took 547 s, the
-    # longest alone at the end; one process per core is ~1,950 images/s in total, three ~1,700.
+    # on the other, one TensorFlow thread each (ONE_THREAD). Measured on the full demo: this schedule
+    # 574 s, all three at once 547 s (within this machine's noise of each other).
     students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.train_steps_unlabeled),
                 "hard": (labelled_glob, 1.0, cfg.train_steps), "distilled": (labelled_glob, cfg.alpha, cfg.train_steps)}
     stages.run([Command("distillery-train", [
