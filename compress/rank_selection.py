@@ -10,9 +10,9 @@
   rank r is estimated to save ms_layer * (1 - r(Cin + Cout)/(Cin*Cout)) - op_overhead_ms: the layer's
   time scaled by its MAC ratio, less the fixed cost of the one extra op the factorization adds. Small
   layers are dominated by that fixed cost (on the demo's ~0.05 ms student, 1-2 us per added op, measured
-  on two selections: splitting its 8->16 convolution makes the model slower), which MACs do not show; the factorize job
-  measures it (`calibrated_overhead_ms`): it selects, builds and times the factorized int8 model, and
-  reselects with the overhead its miss implies. Candidates are the ranks at `ENERGY_GRID` per layer that
+  on two selections; factorizing its layers of < 64 channels makes the model slower), which MACs do not
+  show; the factorize job measures it (`calibrated_overhead_ms`): it selects, builds and times the
+  factorized int8 model, and reselects with the overhead its miss implies. Candidates are the ranks at `ENERGY_GRID` per layer that
   are estimated to save time; each greedy step takes the move (one layer one grid step lower) with the
   most estimated ms saved per unit of added relative reconstruction error, until the estimated latency
   meets the budget. A budget below what every layer at its lowest grid rank reaches is refused before

@@ -148,7 +148,7 @@ def test_bad_flags_are_refused_early(inputs, tmp_path):
     assert factorize_job.parse_ranks("pw1:3, pw2:5") == {"pw1": 3, "pw2": 5}
 
 
-def test_latency_budget_rounds_are_measured_and_reported(inputs, tmp_path):
+def test_selection_rounds_are_measured_and_reported(inputs, tmp_path):
     """With a budget, each round's selection is built, converted and timed before fine-tuning; the
     ranks fine-tuned are one round's, and the report keeps every round."""
     model_path, record_glob, _ = inputs

@@ -119,7 +119,7 @@ def _true_latency(selection, model_ms=3.0, true_overhead=0.3):
     # 2.3 is out of reach once the overhead is known: round 2 is impossible, round 1 (the fastest) is kept.
     (2.3, [0.0], {"steep": 1}, 2.55, 1),
 ])
-def test_latency_rounds_reselect_with_the_measured_overhead(target, overheads, ranks, measured, extra_lines):
+def test_selection_rounds_reselect_with_the_measured_overhead(target, overheads, ranks, measured, extra_lines):
     from compress import factorize_job
 
     model = _two_layer_model()
@@ -135,10 +135,10 @@ def test_latency_rounds_reselect_with_the_measured_overhead(target, overheads, r
     assert len(lines) == len(attempts) + extra_lines
 
 
-def test_latency_rounds_keep_the_fastest_when_none_meets_the_budget():
+def test_selection_rounds_keep_the_fastest_when_none_meets_the_budget():
     from compress import factorize_job
 
-    # Three selections, none within 1.0 ms; the second one measured fastest, the third repeats nothing.
+    # Three different selections, none within 1.0 ms; the second one measured fastest.
     selections = [rank_selection.Selection({"a": 4}, {}, {"a": 0.5}, 3.0, 1.0),
                   rank_selection.Selection({"a": 2}, {}, {"a": 0.9}, 3.0, 1.0, 0.1),
                   rank_selection.Selection({"a": 1}, {}, {"a": 1.2}, 3.0, 1.0, 0.2)]
@@ -153,7 +153,7 @@ def test_latency_rounds_keep_the_fastest_when_none_meets_the_budget():
     assert lines[-1].startswith("no round met the budget of 1.0000 ms; keeping round 2 (2.4000 ms")
 
 
-def test_latency_rounds_stop_when_a_reselection_repeats_itself():
+def test_selection_rounds_stop_when_a_reselection_repeats_itself():
     from compress import factorize_job
 
     same = rank_selection.Selection({"a": 2}, {}, {"a": 0.5}, 3.0, 1.0)
