@@ -15,7 +15,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -112,6 +112,22 @@ def interpreter_latency(model_content: bytes, num_threads: int = 1, warmup: int 
     for detail, array in zip(interpreter.get_input_details(), tflite_model.random_inputs(interpreter)):
         interpreter.set_tensor(detail["index"], array)
     return measure_latency(interpreter.invoke, warmup, runs, clock)
+
+
+def interleaved_round_medians(contents: Mapping[str, bytes], runs: int, rounds: int, warmup: int = 10,
+                              on_round: Callable[[int, dict[str, list[float]]], None] | None = None
+                              ) -> dict[str, list[float]]:
+    """{name: [median ms of each round]}: `rounds` rounds, each timing every model once (single thread,
+    a fresh interpreter, `runs` timed runs). A shared machine's load drifts between rounds, so compare
+    models within a round (paired ratios), not their overall medians. `on_round(index, medians)` is
+    called after each round (progress lines)."""
+    medians: dict[str, list[float]] = {name: [] for name in contents}
+    for round_index in range(rounds):
+        for name, content in contents.items():
+            medians[name].append(interpreter_latency(content, 1, warmup, runs, name=name).median)
+        if on_round is not None:
+            on_round(round_index, medians)
+    return medians
 
 
 def model_latency(path: str, num_threads: int = 1, warmup: int = 10, runs: int = 100,

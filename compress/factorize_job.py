@@ -168,11 +168,9 @@ def latency_ratio(candidate: bytes, reference: bytes, runs: int, rounds: int = 3
     that the load of a shared machine falls on both; the median of the per-round ratios."""
     from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
 
-    ratios = []
-    for _ in range(rounds):
-        reference_ms = latency_module.interpreter_latency(reference, 1, runs=runs).median
-        ratios.append(latency_module.interpreter_latency(candidate, 1, runs=runs).median / reference_ms)
-    return float(np.median(ratios))
+    medians = latency_module.interleaved_round_medians({"reference": reference, "candidate": candidate}, runs, rounds)
+    return float(np.median([candidate_ms / reference_ms
+                            for candidate_ms, reference_ms in zip(medians["candidate"], medians["reference"])]))
 
 
 def calibrate_selection(select: Callable[[float], rank_selection.Selection],

@@ -11,7 +11,8 @@ Both spend `steps` optimizer steps (layerwise splits them evenly over the layers
 at equal fine-tuning compute; layerwise with `final_steps` spends steps + final_steps. The loss, the
 record pipeline and the train step are the trainer's (`trainer.losses.distillation_loss` through
 `trainer.loop.make_train_step`, `trainer.data.make_dataset`), on one device: gradients are taken only
-for the model's trainable variables, which is what freezing relies on. Each phase gets a fresh Adam (or SGD) with cosine decay to 0.
+for the model's trainable variables, which is what freezing relies on. Each phase gets a fresh Adam (or
+SGD) with cosine decay to 0.
 
     python -c "from compress import finetune; help(finetune.factorize_and_finetune)"
 """

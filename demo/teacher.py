@@ -1,8 +1,8 @@
 """The demo's teacher: a bigger CNN trained on the labelled part of Fashion-MNIST with hard labels.
 
 It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 32x32 (the padded
-images), normalization inside the model, logits out. Training it is ordinary supervised learning (Keras fit on one device);
-distillation starts after it.
+images), normalization inside the model, logits out. Training it is ordinary supervised learning
+(Keras fit on one device); distillation starts after it.
 
     .venv/bin/python -c "from demo import data, teacher; x, y = data.read_images('runs/demo/data/labelled.tfrecord'); \
 teacher.train_teacher(x[:2000], y[:2000], epochs=2, min_scale=0.7).summary()"
@@ -22,7 +22,8 @@ from distillery import views
 
 def build_teacher(image_size: int = 32, num_classes: int = 10, width: int = 32, dropout: float = 0.3) -> keras.Model:
     """A small VGG-style CNN with a wide dense head: ~5x the parameters of the demo's students and ~16M
-    multiply-adds per 32x32 image at width 32 (~450 images/s of training on 2 cores, ~4 min for 10 epochs)."""
+    multiply-adds per 32x32 image at width 32 (350-450 images/s of training on 2 cores, 4-5 min for 10
+    epochs)."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     for filters, convolutions in ((width, 2), (2 * width, 1)):

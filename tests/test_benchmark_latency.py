@@ -86,3 +86,22 @@ def test_interpreter_latency_times_a_real_model():
     stats = latency.interpreter_latency(content, num_threads=1, warmup=2, runs=20)
     assert stats.runs == 20 and 0 < stats.min <= stats.median <= stats.p90
     assert np.isfinite(stats.mean)
+
+
+def test_interleaved_round_medians_time_every_model_once_per_round():
+    import tensorflow as tf
+
+    def converted(scale):
+        @tf.function(input_signature=[tf.TensorSpec([1, 64], tf.float32)])
+        def affine(values):
+            return values * scale + 1.0
+        return tf.lite.TFLiteConverter.from_concrete_functions([affine.get_concrete_function()]).convert()
+
+    contents = {"a": converted(2.0), "b": converted(3.0)}
+    seen = []
+    medians = latency.interleaved_round_medians(contents, runs=5, rounds=3, warmup=1,
+                                                on_round=lambda index, so_far: seen.append(
+                                                    (index, {name: len(values) for name, values in so_far.items()})))
+    assert list(medians) == ["a", "b"] and all(len(values) == 3 for values in medians.values())
+    assert all(value > 0 for values in medians.values() for value in values)
+    assert seen == [(0, {"a": 1, "b": 1}), (1, {"a": 2, "b": 2}), (2, {"a": 3, "b": 3})]

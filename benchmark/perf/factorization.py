@@ -142,12 +142,10 @@ def measure_latencies(contents: dict[str, bytes], runs: int, rounds: int, refere
       {name: {"median_ms": median over rounds of the round medians, "min_median_ms", "round_medians_ms",
       "ratio_to_reference": median over rounds of (model median / reference median)}}.
     """
-    medians: dict[str, list[float]] = {name: [] for name in contents}
-    for round_index in range(rounds):
-        for name, content in contents.items():
-            medians[name].append(latency.interpreter_latency(content, num_threads=1, warmup=20, runs=runs).median)
-        log(f"latency round {round_index + 1}/{rounds}: "
-            + ", ".join(f"{name} {values[-1]:.4f} ms" for name, values in medians.items()))
+    medians = latency.interleaved_round_medians(
+        contents, runs, rounds, warmup=20,
+        on_round=lambda index, so_far: log(f"latency round {index + 1}/{rounds}: "
+                                           + ", ".join(f"{name} {values[-1]:.4f} ms" for name, values in so_far.items())))
     result = {}
     for name, values in medians.items():
         ratios = [value / base for value, base in zip(values, medians.get(reference, values))]
