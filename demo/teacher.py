@@ -90,13 +90,3 @@ def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: in
         model.fit(epochs_data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
                   callbacks=[_Throughput()])
     return model
-
-
-def top1_on_eval_view(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> float:
-    """Top-1 of `model` on the evaluation view (`distillery.views.eval_view`, the centre crop) of each image:
-    the view the trainer and the benchmark score the students on, so the numbers compare."""
-    size = tuple(int(side) for side in model.inputs[0].shape[1:3])
-    centre = (tf.data.Dataset.from_tensor_slices(images)
-              .map(lambda image: views.eval_view(image, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size))
-    predicted = np.argmax(model.predict(centre, verbose=0), axis=1)
-    return float(np.mean(predicted == labels))

@@ -18,6 +18,10 @@ whose record was already written from another input ("duplicate": an id is writt
 successful copy with the smallest origin, so reruns choose the same copy). Beam counters in the
 namespace `distillery.extract` count read, read_failed, decode_failed, teacher_failed, duplicates,
 written, dead_letters, batches and views; after the run they are written to PREFIX.summary.json.
+Inputs with a label (>= 0) also count labelled_views and teacher_top1_correct (views whose teacher argmax
+is the label), and the summary's teacher_top1 is their ratio: the teacher's accuracy on the very views
+it labelled, a check that teacher and preprocessing agree (a wrong mean/std or channel order shows as a
+collapse) and, for a V = 1 run over a test set, the teacher's centre-crop top-1 without a second pass.
 
 Pipeline (step labels as in the Beam UI):
 
@@ -55,7 +59,7 @@ from pipelines.teacher_inference import METRICS_NAMESPACE, RunTeacherFn, Teacher
 
 DEAD = "dead"
 COUNTERS = ("read", "read_failed", "decode_failed", "teacher_failed", "duplicates", "written", "dead_letters",
-            "batches", "views")
+            "batches", "views", "labelled_views", "teacher_top1_correct")
 _DEFAULT_MIN_SCALE = views.DEFAULT_MIN_SCALE  # (the config's `views` field hides the module in its class body)
 # Record outcomes sort before dead letters when one image id has several inputs.
 _RECORD_RANK, _DEAD_RANK = 0, 1
@@ -425,6 +429,10 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
     if counters:
         summary["images_per_second"] = round(counters["read"] / max(seconds, 1e-9), 2)
         summary["balanced"] = counters["written"] + counters["dead_letters"] == counters["read"]
+        if counters["labelled_views"]:
+            summary["teacher_top1"] = round(counters["teacher_top1_correct"] / counters["labelled_views"], 6)
+            logging.info("extract: teacher top-1 %.4f on %d labelled views", summary["teacher_top1"],
+                         counters["labelled_views"])
         logging.info("extract: read %d, written %d, dead letters %d (duplicates %d) in %.1f s: %.1f images/s",
                      counters["read"], counters["written"], counters["dead_letters"], counters["duplicates"],
                      seconds, summary["images_per_second"])

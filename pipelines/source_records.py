@@ -231,8 +231,18 @@ class IdxSource(ImageSource):
         return [IdxShard(start, min(start + self.examples_per_shard, self.num_examples))
                 for start in range(0, self.num_examples, self.examples_per_shard)]
 
+    def image_id(self, index: int) -> str:
+        """The id of example `index` of the split: '<split>/<index:05d>'."""
+        return f"{self.split}/{index:05d}"
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first `num_examples` images ([N, H, W] uint8) and labels ([N]) as stored, without the
+        per-image PNG encoding of `read_shard`: for callers that transform the pixels before encoding
+        them once (the demo pads every image to 32x32)."""
+        return read_idx(self.images_path)[:self.num_examples], read_idx(self.labels_path)[:self.num_examples]
+
     def unread_inputs(self, shard: IdxShard, already_read: int) -> list[tuple[str, str]]:
-        return [(f"{self.split}/{index:05d}", f"{self.images_path}[{index}]")
+        return [(self.image_id(index), f"{self.images_path}[{index}]")
                 for index in range(shard.start + already_read, shard.stop)]
 
     def read_shard(self, shard: IdxShard) -> Iterator[SourceItem]:
@@ -240,8 +250,8 @@ class IdxSource(ImageSource):
             images, labels = read_idx(self.images_path), read_idx(self.labels_path)
         except Exception as error:  # pylint: disable=broad-except  # account for every index of the shard
             for index in range(shard.start, shard.stop):
-                yield ReadFailure(f"{self.split}/{index:05d}", self.images_path, f"cannot read idx file: {error}")
+                yield ReadFailure(self.image_id(index), self.images_path, f"cannot read idx file: {error}")
             return
         for index in range(shard.start, shard.stop):
-            yield SourceExample(f"{self.split}/{index:05d}", encode_png(images[index]), int(labels[index]),
+            yield SourceExample(self.image_id(index), encode_png(images[index]), int(labels[index]),
                                 f"{self.images_path}[{index}]")

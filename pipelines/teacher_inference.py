@@ -163,6 +163,8 @@ class RunTeacherFn(beam.DoFn):
         self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "batches")
         self._views = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "views")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "teacher_failed")
+        self._labelled_views = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "labelled_views")
+        self._top1_correct = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "teacher_top1_correct")
         self._batch_views = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "batch_views")
         self._holder = None
         self._teacher = None
@@ -193,4 +195,7 @@ class RunTeacherFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(self.DEAD, (image.image_id, image.origin, "teacher",
                                                            "teacher produced non-finite logits"))
                 continue
+            if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
+                self._labelled_views.inc(count)
+                self._top1_correct.inc(int(np.sum(np.argmax(image_logits, axis=1) == image.label)))
             yield image, image_logits

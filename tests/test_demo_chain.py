@@ -51,6 +51,22 @@ def test_soft_labels_account_for_every_image(demo_dir):
         assert labels == {-1} if part == "unlabeled" else labels <= set(range(10)) and -1 not in labels
 
 
+def test_teacher_top1_is_the_teacher_called_on_the_centre_crops(demo_dir):
+    output_dir, _ = demo_dir
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from distillery import views  # pylint: disable=import-outside-toplevel
+
+    teacher = keras.models.load_model(os.path.join(output_dir, "teacher.keras"))
+    images, labels = demo_data.read_images(os.path.join(output_dir, "data", "test.tfrecord"))
+    centre = np.stack([views.eval_view(tf.constant(image), (32, 32)).numpy() for image in images])
+    direct = float(np.mean(np.argmax(teacher.predict(centre, verbose=0), axis=1) == labels))
+    reported = json.load(open(os.path.join(output_dir, "report.json")))["demo"]["teacher_top1"]
+    # The extraction's centre box lies on the records' uint16 grid: a prediction on the edge may flip.
+    assert abs(reported - direct) <= 2 / len(labels), (reported, direct)
+
+
 def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
     output_dir, _ = demo_dir
     for name in ("hard", "distilled", "distilled_unlabeled"):

@@ -42,9 +42,11 @@ def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
     assert len(LOADS) == 1  # one load in this process: by the launcher, reused by every bundle (Shared)
     assert dead == [] and sorted(written) == [item[0] for item in items]
     config = config_for(tmp_path, views=3, top_k=4, seed=5)
+    correct = 0
     for image_id, encoded, label, origin in items:
         record = written[image_id]
         crops, flips, logits = expected_logits(encoded, image_id, config)
+        correct += int(np.sum(np.argmax(logits, axis=1) == label))
         assert record.label == label and record.image_path == origin and record.teachers == ["fake"]
         assert record.num_views == 3 and record.top_k == 4 and record.num_classes == NUM_CLASSES
         np.testing.assert_allclose(record.crops, crops, atol=1e-6)
@@ -62,6 +64,24 @@ def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
     with open(extraction.summary_path(config.output), encoding="utf-8") as file:
         summary = json.load(file)
     assert summary["counters"]["written"] == 7 and summary["balanced"] is True and summary["teachers"] == ["fake"]
+    # The teacher's top-1 over the labelled views, counted against the teacher called directly.
+    assert counters["labelled_views"] == 21 and counters["teacher_top1_correct"] == correct
+    assert summary["teacher_top1"] == pytest.approx(correct / 21, abs=1e-6)
+
+
+def test_teacher_top1_counts_only_labelled_inputs(tmp_path):
+    items = good_items(4)
+    items = items[:2] + [(image_id, encoded, -1, origin) for image_id, encoded, _, origin in items[2:]]
+    result, written, _ = run_job(tmp_path, items, views=2)
+    config = config_for(tmp_path, views=2)
+    correct = sum(int(np.sum(np.argmax(expected_logits(encoded, image_id, config)[2], axis=1) == label))
+                  for image_id, encoded, label, _ in items[:2])
+    assert [written[item[0]].label for item in items] == [0, 1, -1, -1]
+    assert result.counters["labelled_views"] == 4 and result.counters["teacher_top1_correct"] == correct
+    assert result.summary["teacher_top1"] == pytest.approx(correct / 4, abs=1e-6)
+    unlabeled = [(image_id, encoded, -1, origin) for image_id, encoded, _, origin in items]
+    result, _, _ = run_job(tmp_path / "unlabeled", unlabeled, views=2)
+    assert result.counters["labelled_views"] == 0 and "teacher_top1" not in result.summary
 
 
 def test_centre_crop_full_logits_float16_and_stored_image(tmp_path):

@@ -117,6 +117,10 @@ def test_idx_synthetic_split_png_and_shards(tmp_path):
         assert item.encoded[:8] == b"\x89PNG\r\n\x1a\n"
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(item.encoded))), images[index])
     assert encode_png(images[0]) == items[0].encoded
+    arrays_images, arrays_labels = source.arrays()  # the same first 5, unencoded
+    np.testing.assert_array_equal(arrays_images, images[:5])
+    np.testing.assert_array_equal(arrays_labels, labels[:5])
+    assert source.image_id(4) == items[4].image_id
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         open_source(f"idx:{tmp_path}")  # default split train: absent here
     with pytest.raises(SourceSpecError, match="train or test"):
