@@ -21,16 +21,21 @@ from distillery import views
 
 
 def build_teacher(image_size: int = 32, num_classes: int = 10, width: int = 32, dropout: float = 0.3) -> keras.Model:
-    """A small VGG-style CNN with a wide dense head: ~5x the parameters of the demo's students and ~16M
-    multiply-adds per 32x32 image at width 32 (350-450 images/s of training on 2 cores, 4-5 min for 10
-    epochs)."""
+    """A small VGG-style CNN: three conv-BN-ReLU-max-pool blocks of width, 2x and 4x width filters (at
+    32, 16 and 8 pixels), then a 8x width dense layer. At width 32: ~0.6M parameters (~3x the demo's
+    students) and ~11M multiply-adds per 32x32 image (~13x).
+
+    Measured on 2 cores against the previous design (two convolutions at 32 pixels, one at 16, 16M
+    multiply-adds): ~590 vs ~370 training images/s, and 86.6% vs 87.0% centre-crop top-1 after 10
+    epochs on the demo's 10k labelled images; 12 epochs of this one take less time than 10 of the old
+    (14 epochs: 88.0%). Full-resolution feature maps cost more than their multiply-adds say on a CPU.
+    """
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
-    for filters, convolutions in ((width, 2), (2 * width, 1)):
-        for _ in range(convolutions):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.ReLU()(x)
+    for filters in (width, 2 * width, 4 * width):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dropout(dropout)(x)
