@@ -1,7 +1,10 @@
 """The demo's inputs: padded Fashion-MNIST images whose evaluation view is the original image, and the
 teacher's on-the-fly views drawn like the stored ones."""
 
+import os
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from demo import data as demo_data
@@ -26,6 +29,8 @@ def _ids(path: str) -> list[str]:
 
 
 def test_write_splits_reads_back_padded_images_ids_and_labels(tmp_path):
+    if not os.path.isdir(demo_data.FASHION_MNIST_DIR):
+        pytest.skip(f"{demo_data.FASHION_MNIST_DIR} missing: install the Debian package dataset-fashion-mnist")
     splits = demo_data.write_splits(str(tmp_path), labelled=5, unlabeled=4, test=3)
     assert splits.counts == {"labelled": 5, "unlabeled": 4, "test": 3}
     train_images = source_records.read_idx(f"{demo_data.FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz")
