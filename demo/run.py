@@ -120,6 +120,15 @@ class Stages:
                 raise
 
 
+def _rank_flag(cfg: demo_config.DemoConfig) -> str:
+    """The factorize job's rank-selection flag of the config (it sets exactly one)."""
+    if cfg.factorize_energy is not None:
+        return f"--energy={cfg.factorize_energy}"
+    if cfg.factorize_ranks is not None:
+        return f"--ranks={cfg.factorize_ranks}"
+    return f"--latency_reduction={cfg.factorize_latency_reduction}"
+
+
 def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_data.FASHION_MNIST_DIR) -> dict:
     """Runs every stage and returns the goals summary (also written into the report)."""
     os.makedirs(output_dir, exist_ok=True)
@@ -186,8 +195,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     stages.run([Command("distillery-factorize", [
         f"--model={models[best]}", f"--train={labelled_glob},{unlabeled_glob}",
         f"--eval={test_glob}", f"--output={models['factorized']}",
-        f"--energy={cfg.factorize_energy}" if cfg.factorize_energy is not None
-        else f"--latency_reduction={cfg.factorize_latency_reduction}",
+        _rank_flag(cfg),
         "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
         f"--batch_size={cfg.batch_size}", f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize"),
         *(quantize(name) for name in ("hard", "distilled", "distilled_unlabeled")), quantize(best, "float32")])

@@ -83,3 +83,15 @@ def test_teacher_training_views_keep_each_image_with_its_label():
             assert label == labels[source]
             seen.append(source)
     assert sorted(seen[:20]) == list(range(20))  # the first 20 views: one epoch, each image once
+
+
+def test_demo_config_takes_exactly_one_rank_selection():
+    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+
+    assert demo_config.TINY.factorize_ranks and demo_config.FULL.factorize_latency_reduction == 0.25
+    for settings in ({"factorize_latency_reduction": None},
+                     {"factorize_energy": 0.9},
+                     {"factorize_ranks": "conv_pw_13:32"}):
+        with pytest.raises(ValueError, match="exactly one of"):
+            demo_config.DemoConfig(**settings)
+    assert demo_config.DemoConfig(factorize_latency_reduction=None, factorize_ranks="conv_pw_13:32")
