@@ -1,7 +1,7 @@
 """The demo's settings: one Python config, with a `tiny` switch that shrinks everything for the tests.
 
     make demo                                   # the full preset, 18m43s measured on 2 cores
-    .venv/bin/python -m demo.run --preset=tiny  # a few hundred images and tiny models, ~2 minutes
+    .venv/bin/python -m demo.run --preset=tiny  # a few hundred images and tiny models, ~2.5 minutes
 
 Full preset, measured on 2 cores (README "The end-to-end run" has the table): teacher 87.45% top-1 on
 the test set; int8 students: hard-label 81.45%, distilled 82.44%, distilled + unlabeled 83.46%; int8

@@ -58,6 +58,7 @@ def pad_images(pixels: np.ndarray, pad: int = PAD) -> np.ndarray:
 
 
 def _write(path: str, image_ids: Iterable[str], pixels: np.ndarray, labels: Iterable[int]) -> int:
+    """Writes one tf.Example per image (its pixels PNG-encoded) to `path`; returns how many."""
     count = 0
     with tf.io.TFRecordWriter(path) as writer:
         for image_id, image, label in zip(image_ids, pixels, labels, strict=True):
@@ -70,7 +71,8 @@ def _idx_split(idx_dir: str, split: str, max_examples: int) -> tuple[list[str], 
     """Ids, padded pixels and labels of the first `max_examples` images of an idx split, read through the
     `idx:` image source (which validates the files) and PNG-encoded once, after padding, by `_write`."""
     source = sources.open_source(f"idx:{idx_dir}:{split}", max_examples=max_examples)
-    assert isinstance(source, source_records.IdxSource), type(source)
+    if not isinstance(source, source_records.IdxSource):
+        raise TypeError(f"idx:{idx_dir}:{split} opened as {type(source).__name__}, not an idx source")
     images, labels = source.arrays()
     return [source.image_id(index) for index in range(len(images))], pad_images(images), labels
 
@@ -90,6 +92,9 @@ def write_splits(output_dir: str, labelled: int, unlabeled: int, test: int,
                                 "(`make install` does, as root)")
     if labelled + unlabeled > 60000 or test > 10000:
         raise ValueError("Fashion-MNIST has 60000 training and 10000 test images")
+    if labelled < 1 or unlabeled < 0 or test < 1:
+        raise ValueError(f"need labelled >= 1, unlabeled >= 0 and test >= 1 images, got {labelled}, {unlabeled}, "
+                         f"{test}")
     os.makedirs(output_dir, exist_ok=True)
     paths = {name: os.path.join(output_dir, f"{name}.tfrecord") for name in ("labelled", "unlabeled", "test")}
     ids, pixels, labels = _idx_split(idx_dir, "train", labelled + unlabeled)

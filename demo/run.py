@@ -156,8 +156,12 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
         for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))])
     # The test extraction ran the teacher on every test image's centre crop (the view the students are
     # scored on) and counted its top-1 against the labels: no second pass over the test set.
-    with open(path("soft", "test.summary.json"), encoding="utf-8") as handle:
-        teacher_top1 = json.load(handle)["teacher_top1"]
+    test_summary = path("soft", "test.summary.json")
+    with open(test_summary, encoding="utf-8") as handle:
+        teacher_top1 = json.load(handle).get("teacher_top1")
+    if teacher_top1 is None:
+        raise RuntimeError(f"{test_summary} has no teacher_top1: the runner reported no counters, or no "
+                           "labelled test view reached the teacher (see the test dead letters)")
     logging.info("teacher top-1 on the test set (centre crop, as the students are evaluated): %.4f", teacher_top1)
 
     stages.banner("train students: hard labels, distilled, distilled + unlabeled")
@@ -165,7 +169,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     # name: (records, alpha, steps). The student with 3x the images trains longer (about 2/3 of the passes
     # over its data the others get). All three run at once, one TensorFlow thread each (ONE_THREAD), so
     # the core the two shorter runs leave is not idle while the longer one finishes. Measured on the full
-    # demo: 547 s; the longer one on one core and the two shorter ones after each other on the other:
+    # demo: 547-553 s; the longer one on one core and the two shorter ones after each other on the other:
     # 574 s (that core's two runs 573 s, the longer run 459 s).
     students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.train_steps_unlabeled),
                 "hard": (labelled_glob, 1.0, cfg.train_steps), "distilled": (labelled_glob, cfg.alpha, cfg.train_steps)}

@@ -22,8 +22,8 @@ from distillery import views
 
 def build_teacher(image_size: int = 32, num_classes: int = 10, width: int = 32, dropout: float = 0.3) -> keras.Model:
     """A small VGG-style CNN: three conv-BN-ReLU-max-pool blocks of width, 2x and 4x width filters (at
-    32, 16 and 8 pixels), then a 8x width dense layer. At width 32: ~0.6M parameters (~3x the demo's
-    students) and ~11M multiply-adds per 32x32 image (~13x).
+    32, 16 and 8 pixels), then an 8x width dense layer. At width 32: ~0.6M parameters (~3x the demo's
+    students') and ~11M multiply-adds per 32x32 image (~13x the students').
 
     Measured on 2 cores against the previous design (two convolutions at 32 pixels, one at 16, 16M
     multiply-adds): ~590 vs ~370 training images/s, and 86.6% vs 87.0% centre-crop top-1 after 10

@@ -22,6 +22,8 @@ Inputs with a label (>= 0) also count labelled_views and teacher_top1_correct (v
 is the label), and the summary's teacher_top1 is their ratio: the teacher's accuracy on the very views
 it labelled, a check that teacher and preprocessing agree (a wrong mean/std or channel order shows as a
 collapse) and, for a V = 1 run over a test set, the teacher's centre-crop top-1 without a second pass.
+It means something only when the source's labels index the teacher's classes (the demo, tfds ImageNet);
+`folder:` labels are folder positions. Counted before deduplication, like views.
 
 Pipeline (step labels as in the Beam UI):
 
@@ -431,7 +433,8 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
         summary["balanced"] = counters["written"] + counters["dead_letters"] == counters["read"]
         if counters["labelled_views"]:
             summary["teacher_top1"] = round(counters["teacher_top1_correct"] / counters["labelled_views"], 6)
-            logging.info("extract: teacher top-1 %.4f on %d labelled views", summary["teacher_top1"],
+            logging.info("extract: teacher top-1 %.4f on %d labelled views (its argmax against the source's "
+                         "labels: meaningful where those are the teacher's classes)", summary["teacher_top1"],
                          counters["labelled_views"])
         logging.info("extract: read %d, written %d, dead letters %d (duplicates %d) in %.1f s: %.1f images/s",
                      counters["read"], counters["written"], counters["dead_letters"], counters["duplicates"],

@@ -185,7 +185,7 @@ class RunTeacherFn(beam.DoFn):
         message = _PROGRESS.add(len(batch), len(stacked), self._log_every)
         if message:
             logging.info(message)
-        start = 0
+        start, labelled_views, top1_correct = 0, 0, 0
         for image, count in zip(batch, counts):
             image_logits = logits[start:start + count]
             start += count
@@ -196,6 +196,8 @@ class RunTeacherFn(beam.DoFn):
                                                            "teacher produced non-finite logits"))
                 continue
             if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
-                self._labelled_views.inc(count)
-                self._top1_correct.inc(int(np.sum(np.argmax(image_logits, axis=1) == image.label)))
+                labelled_views += count
+                top1_correct += int(np.sum(np.argmax(image_logits, axis=1) == image.label))
             yield image, image_logits
+        self._labelled_views.inc(labelled_views)
+        self._top1_correct.inc(top1_correct)

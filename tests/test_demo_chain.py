@@ -76,7 +76,10 @@ def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
         assert summary["steps"] == expected_steps
         assert 0.0 <= goals.top1_of_summary(summary) <= 1.0
     factorize_report = json.load(open(os.path.join(output_dir, "students", "factorized.keras.report.json")))
-    assert factorize_report["layers"], "no layer was factorized"
+    # The tiny preset names its layers and ranks (--ranks): exactly those are factorized.
+    named = {name: int(rank) for name, rank in
+             (pair.split(":") for pair in demo_config.TINY.factorize_ranks.split(","))}
+    assert {layer["name"]: layer["rank"] for layer in factorize_report["layers"]} == named
     assert factorize_report["mode"] == "layerwise"
     assert factorize_report["finetune"]["final_steps"] == demo_config.TINY.factorize_final_steps
     phases = factorize_report["finetune"]["phases"]

@@ -1,5 +1,5 @@
-"""The demo's inputs: padded Fashion-MNIST images whose evaluation view is the original image, and the
-teacher's on-the-fly views drawn like the stored ones."""
+"""The demo's inputs and settings: padded Fashion-MNIST images whose evaluation view is the original
+image, the teacher and its on-the-fly views drawn like the stored ones, the presets' rank selection."""
 
 import os
 
@@ -95,3 +95,22 @@ def test_demo_config_takes_exactly_one_rank_selection():
         with pytest.raises(ValueError, match="exactly one of"):
             demo_config.DemoConfig(**settings)
     assert demo_config.DemoConfig(factorize_latency_reduction=None, factorize_ranks="conv_pw_13:32")
+
+
+def test_teacher_architecture_by_hand():
+    model = demo_teacher.build_teacher(32, 10, width=32)
+    # convolutions 3x3x3x32, 3x3x32x64, 3x3x64x128 (no bias) + 4 BN values per channel; dense 2048 -> 256
+    # (4x4x128 after three poolings) and 256 -> 10 with biases.
+    assert model.count_params() == (864 + 18432 + 73728) + 4 * (32 + 64 + 128) + (2048 * 256 + 256) + (256 * 10 + 10)
+    logits = model.predict(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32), verbose=0)
+    assert logits.shape == (2, 10) and np.isfinite(logits).all()
+
+
+def test_rank_flag_follows_the_one_selection_the_config_sets():
+    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from demo import run as demo_run  # pylint: disable=import-outside-toplevel
+
+    assert demo_run._rank_flag(demo_config.FULL) == "--latency_reduction=0.25"  # pylint: disable=protected-access
+    assert demo_run._rank_flag(demo_config.TINY) == "--ranks=conv_pw_12:16,conv_pw_13:32"  # pylint: disable=protected-access
+    energy = demo_config.DemoConfig(factorize_latency_reduction=None, factorize_energy=0.9)
+    assert demo_run._rank_flag(energy) == "--energy=0.9"  # pylint: disable=protected-access
