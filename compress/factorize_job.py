@@ -220,23 +220,31 @@ def calibrate_selection(select: Callable[[float], rank_selection.Selection],
     return best[2], attempts
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentInt8:
+    """The student's int8 flatbuffer a latency budget was measured on, and its calibration inputs: the
+    reference the factorized model is timed against after fine-tuning, converted the same way."""
+
+    content: bytes
+    calibration: list[np.ndarray]
+
+
 def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], config: JobConfig,
-                 log: Callable[[str], None]) -> tuple[rank_selection.Selection, dict]:
-    """The ranks per the config, and a description of the method for the report (with a latency
-    budget also "student_int8", the student's int8 flatbuffer the budget was measured on, and
-    "calibration", its calibration inputs, which `run` takes out before writing the report).
+                 log: Callable[[str], None]) -> tuple[rank_selection.Selection, dict, StudentInt8 | None]:
+    """The ranks per the config, a description of the method for the report, and (latency budgets
+    only, else None) the student's int8 model the budget was measured on.
 
     Raises:
       rank_selection.BudgetError: a latency budget no allowed factorization meets.
     """
     if config.ranks is not None:
         factorize.check_ranks(model, config.ranks)
-        return rank_selection.Selection(dict(config.ranks), {}), {"ranks": dict(config.ranks)}
+        return rank_selection.Selection(dict(config.ranks), {}), {"ranks": dict(config.ranks)}, None
     if config.rank_ratio is not None:
-        return rank_selection.select_by_ratio(layers, config.rank_ratio), {"rank_ratio": config.rank_ratio}
+        return rank_selection.select_by_ratio(layers, config.rank_ratio), {"rank_ratio": config.rank_ratio}, None
     if config.target_latency_ms is None and config.latency_reduction is None:
         energy = config.energy if config.energy is not None else DEFAULT_ENERGY
-        return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}
+        return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}, None
     from benchmark import op_profile  # pylint: disable=import-outside-toplevel
 
     start = time.perf_counter()
@@ -280,7 +288,7 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     return selection, {**extra, "target_latency_ms": target_ms, "model_ms": profile.whole_model_ms,
                        "per_op_sum_ms": profile.sum_ms, "layer_ms": layer_ms,
                        "op_overhead_ms": selection.op_overhead_ms, "estimated_ms": selection.estimated_ms,
-                       "selection_rounds": rounds, "student_int8": content, "calibration": calibration}
+                       "selection_rounds": rounds}, StudentInt8(content, calibration)
 
 
 def save_model(model: keras.Model, path: str) -> None:
@@ -307,9 +315,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     layers = factorize.require_factorizable(model, config.model_path)
     if not config.include_dense:
         layers = [layer for layer in layers if layer.kind != "dense"]
-    selection, method = select_ranks(model, layers, config, log)
-    # The student's int8 flatbuffer and its calibration inputs (latency budgets only): reused, not reported.
-    student_int8, calibration = method.pop("student_int8", None), method.pop("calibration", None)
+    selection, method, student_int8 = select_ranks(model, layers, config, log)
     if not selection.ranks:
         reasons = "; ".join(f"{name}: {why}" for name, why in selection.skipped.items())
         raise factorize.FactorizationError(f"no layer of {config.model_path} is worth factorizing with {method}: {reasons}")
@@ -334,11 +340,11 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
         log(f"top-1 after fine-tuning {top1['after_finetune']:.4f}")
     latency = dict(method) if "target_latency_ms" in method else None
     if latency is not None and config.verify_latency:
-        content = int8_flatbuffer(tuned, calibration)
+        content = int8_flatbuffer(tuned, student_int8.calibration)
         # Timed against the student, as in the selection rounds: a bare median moved by 45% between two
         # runs of the demo whose benchmark medians agreed, because other jobs shared the machine.
         latency["measured_factorized_ms"] = latency_ratio(
-            content, student_int8, runs=10 * config.profile_runs) * latency["model_ms"]
+            content, student_int8.content, runs=10 * config.profile_runs) * latency["model_ms"]
         log(f"factorized int8 model: {latency['measured_factorized_ms']:.3f} ms measured "
             f"(estimate {selection.estimated_ms:.3f} ms, budget {latency['target_latency_ms']:g} ms)")
     save_model(tuned, config.output_path)

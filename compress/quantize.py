@@ -158,8 +158,8 @@ def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels
     if view is None:
         pixels = views.compiled_eval_view(tuple(size))(rgb).numpy()
     else:
-        pixels = views.compiled_crop_view(tuple(size))(rgb, record.crops[view].astype(np.float32),
-                                                       bool(record.flips[view])).numpy()
+        pixels = views.compiled_crop_views(tuple(size))(rgb, record.crops[view:view + 1].astype(np.float32),
+                                                        record.flips[view:view + 1].astype(bool)).numpy()[0]
     if channels == 1:
         # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
         pixels = tf.image.rgb_to_grayscale(pixels).numpy()

@@ -12,11 +12,11 @@
   layers are dominated by that fixed cost (on the demo's ~0.05 ms student, 1-2 us per added op, measured
   on two selections; factorizing its layers of < 64 channels makes the model slower), which MACs do not
   show; the factorize job measures it (`calibrated_overhead_ms`): it selects, builds and times the
-  factorized int8 model, and reselects with the overhead its miss implies. Candidates are the ranks at `ENERGY_GRID` per layer that
-  are estimated to save time; each greedy step takes the move (one layer one grid step lower) with the
-  most estimated ms saved per unit of added relative reconstruction error, until the estimated latency
-  meets the budget. A budget below what every layer at its lowest grid rank reaches is refused before
-  any fine-tuning.
+  factorized int8 model, and reselects with the overhead its miss implies. Candidates are the ranks at
+  `ENERGY_GRID` per layer that are estimated to save time; each greedy step takes the move (one layer one
+  grid step lower) with the most estimated ms saved per unit of added relative reconstruction error,
+  until the estimated latency meets the budget. A budget below what every layer at its lowest grid rank
+  reaches is refused before any fine-tuning.
 
 In all three, a layer whose chosen rank does not save compute (r(Cin + Cout) >= Cin*Cout) is left as is.
 

@@ -172,19 +172,12 @@ def eval_view(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_crop_view(size: tuple[int, int]) -> Callable:
-    """`crop_view` at one output size as a tf.function over uint8 images: one graph call per view
-    instead of ~10 eager ops. Cached per process, so every caller shares one traced graph."""
-    signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32), tf.TensorSpec([], tf.bool)]
-    return tf.function(lambda image, crop, flip: crop_view(image, crop, flip, tuple(size)), input_signature=signature)
-
-
-@functools.lru_cache(maxsize=None)
 def compiled_crop_views(size: tuple[int, int]) -> Callable:
     """All V views of one uint8 image in one graph call: (image, crops [V, 4], flips [V]) -> [V, h, w, 3]
-    float32, each view exactly `crop_view`'s. Extraction's per-image path: a tf.function call costs
-    ~0.6 ms of fixed overhead on the demo machine, more than cropping a small image, so one call per
-    image instead of one per view. Cached per process."""
+    float32, each view exactly `crop_view`'s, one graph call instead of ~10 eager ops per view.
+    Extraction's per-image path: a tf.function call costs ~0.6 ms of fixed overhead on the demo machine,
+    more than cropping a small image, so one call per image instead of one per view (quantization's
+    calibration passes one view). Cached per process, so every caller shares one traced graph."""
     signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
                  tf.TensorSpec([None], tf.bool)]
 

@@ -232,7 +232,7 @@ def main(argv: list[str]) -> None:
     selection_config = factorize_job.JobConfig(student_path, train_glob, os.path.join(work, "unused.keras"),
                                                target_latency_ms=target_ms, profile_runs=30 if not quick else 5,
                                                selection_rounds=0)  # the MAC estimate the README's runs used
-    selection, method = factorize_job.select_ranks(student, layers, selection_config, log)
+    selection, method, _ = factorize_job.select_ranks(student, layers, selection_config, log)
     log(f"ranks for {target_ms:.4f} ms (estimate {selection.estimated_ms:.4f} ms): {selection.ranks}")
 
     reports, contents = {}, {"student": base_content}
