@@ -56,7 +56,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.utils import shared
 
 from distillery import images, records, views
-from pipelines import gcs
+from pipelines import gcs, teacher_inference
 from pipelines.teacher_inference import METRICS_NAMESPACE, RunTeacherFn, TeacherLoader, ViewedImage, load_shared_teacher
 
 DEAD = "dead"
@@ -417,6 +417,7 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
     pipeline = test_pipeline if test_pipeline is not None else make_pipeline(beam_args, save_main_session)
     build(pipeline, config, shards, source, teacher_loader, handle, names, input_size)
     start = time.monotonic()
+    teacher_inference.reset_progress()
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.monotonic() - start

@@ -96,11 +96,13 @@ class Progress:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.images = 0
-        self.views = 0
-        self.batches = 0
-        self._start = None
-        self._next_log = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Counts from zero again (a new job in this process)."""
+        with self._lock:
+            self.images, self.views, self.batches = 0, 0, 0
+            self._start, self._next_log = None, None
 
     def start(self, clock: Callable[[], float] = time.monotonic) -> None:
         """Marks the start of the first batch of this process (the rate counts from here)."""
@@ -128,6 +130,13 @@ class Progress:
 
 
 _PROGRESS = Progress()
+
+
+def reset_progress() -> None:
+    """Starts this process's progress count over: for a job launched in a process that ran one before
+    (the in-process FnApiRunner's workers live in the launcher), whose counts and next log threshold
+    would otherwise carry over and hide the new job's first lines. Remote workers start fresh anyway."""
+    _PROGRESS.reset()
 
 
 def run_fixed_batches(teacher: Any, views: np.ndarray, batch_size: int) -> np.ndarray:

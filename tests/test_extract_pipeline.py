@@ -36,6 +36,9 @@ def run_job(tmp_path, items, loader=load_fake_teacher, per_shard=3, **overrides)
 
 def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
     caplog.set_level("INFO")
+    # The job logs through absl, whose logger an earlier in-process absl app in this worker may have set
+    # to WARNING (its --verbosity default): set it too, or the progress lines never reach caplog.
+    caplog.set_level("INFO", logger="absl")
     items = good_items(7)
     LOADS.clear()
     result, written, dead = run_job(tmp_path, items, views=3, top_k=4, seed=5, per_shard=2)
@@ -220,3 +223,15 @@ def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
     assert line.startswith("extract: 6 images, 12 views, 2 batches in worker process ") and line.endswith(
         "; 1.5 images/s")
     assert progress.add(3, 6, every=5, clock=lambda: next(times)) is None  # 9 images: next line at 10
+
+
+def test_a_second_job_in_the_same_process_logs_its_own_progress(tmp_path, caplog):
+    # The in-process runner's workers share the launcher's progress counter; a job run before with
+    # another --log_every used to leave its count and threshold behind (no line for the next job).
+    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")
+    run_job(tmp_path / "first", good_items(3), views=1, log_every=100)
+    caplog.clear()
+    run_job(tmp_path / "second", good_items(7), views=3, seed=5, per_shard=2)
+    progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
+    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress
