@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -136,6 +136,28 @@ def calibration_images(pattern: str, size: tuple[int, int], steps: int, channels
     return batch
 
 
+def decode_record_image(record: records.SoftLabelRecord) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of a record: its stored image, else the file at its image_path.
+
+    Raises:
+      images.ImageDecodeError: when the image does not decode (the message says why).
+    """
+    encoded = record.encoded_image
+    if not encoded and record.image_path:
+        with tf.io.gfile.GFile(record.image_path, "rb") as handle:
+            encoded = handle.read()
+    return images_module.decode_rgb(encoded)
+
+
+def _to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    if channels == 1:
+        # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
+        pixels = tf.image.rgb_to_grayscale(pixels).numpy()
+    elif channels != 3:
+        raise QuantizeError(f"models with {channels} input channels are not supported (1 or 3)")
+    return pixels.astype(np.float32)
+
+
 def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels: int = 3,
                 view: int | None = 0) -> np.ndarray:
     """A view of a record's image as [H, W, C] float32 pixels 0..255 (shared with the benchmark).
@@ -150,22 +172,27 @@ def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels
     Raises:
       images.ImageDecodeError: when the stored image does not decode (the message says why).
     """
-    encoded = record.encoded_image
-    if not encoded and record.image_path:
-        with tf.io.gfile.GFile(record.image_path, "rb") as handle:
-            encoded = handle.read()
-    rgb = images_module.decode_rgb(encoded)
+    rgb = decode_record_image(record)
     if view is None:
         pixels = views.compiled_eval_view(tuple(size))(rgb).numpy()
     else:
         pixels = views.compiled_crop_views(tuple(size))(rgb, record.crops[view:view + 1].astype(np.float32),
                                                         record.flips[view:view + 1].astype(bool)).numpy()[0]
-    if channels == 1:
-        # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
-        pixels = tf.image.rgb_to_grayscale(pixels).numpy()
-    elif channels != 3:
-        raise QuantizeError(f"models with {channels} input channels are not supported (1 or 3)")
-    return pixels.astype(np.float32)
+    return _to_channels(pixels, channels)
+
+
+def eval_views(rgb_images: Sequence[np.ndarray], size: tuple[int, int], channels: int = 3) -> list[np.ndarray]:
+    """The evaluation views of decoded [H, W, 3] uint8 images, each equal to `record_view(..., view=None)`
+    of its record, with one graph call per distinct image shape instead of one per image."""
+    by_shape: dict[tuple, list[int]] = {}
+    for index, image in enumerate(rgb_images):
+        by_shape.setdefault(image.shape, []).append(index)
+    result: list[np.ndarray | None] = [None] * len(rgb_images)
+    for indices in by_shape.values():
+        batch = views.compiled_eval_views(tuple(size))(np.stack([rgb_images[index] for index in indices])).numpy()
+        for index, pixels in zip(indices, batch):
+            result[index] = _to_channels(pixels, channels)
+    return result
 
 
 def _pin_input_range(images: list[np.ndarray]) -> list[np.ndarray]:

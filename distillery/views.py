@@ -196,6 +196,20 @@ def compiled_eval_view(size: tuple[int, int]) -> Callable:
     return tf.function(lambda image: eval_view(image, tuple(size)), input_signature=signature)
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_eval_views(size: tuple[int, int]) -> Callable:
+    """`eval_view` of a batch of uint8 images of one shape, [N, H, W, 3] -> [N, h, w, 3] float32, in one
+    graph call: each output is exactly `compiled_eval_view`'s for that image, without its ~2 ms of call
+    overhead per image (the benchmark's accuracy pass over 10,000 demo images: 2/3 of its time)."""
+    signature = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
+
+    def eval_all(images):
+        return tf.map_fn(lambda image: eval_view(image, tuple(size)), images,
+                         fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
+
+    return tf.function(eval_all, input_signature=signature)
+
+
 def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """All V views of one image, eagerly: [V, height, width, 3] float32 (tests and benchmarks; extraction
     uses the compiled `compiled_crop_views`)."""

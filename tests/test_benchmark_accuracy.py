@@ -177,3 +177,29 @@ def test_an_undecodable_image_counts_in_t_and_as_wrong(setup):
     good = accuracy.evaluate(setup["paths"]["float32"], setup["records"])
     both = good + counts
     assert both.images == COUNT + 1 and both.top1 == pytest.approx(good.top1_correct / (good.labelled + 1))
+
+
+def test_batched_eval_views_equal_one_view_at_a_time(setup):
+    """The accuracy pass makes the views of a chunk of images in one graph call per image shape (the
+    records hold three shapes): each is the per-image view, to the bit, in colour and in grey."""
+    items = list(records.read_records(setup["records"]))
+    decoded = [quantize.decode_record_image(record) for record in items]
+    assert len({image.shape for image in decoded}) == 3
+    for channels in (3, 1):
+        batched = quantize.eval_views(decoded, (SIDE, SIDE), channels)
+        assert len(batched) == COUNT
+        for record, pixels in zip(items, batched):
+            np.testing.assert_array_equal(pixels, quantize.record_view(record, (SIDE, SIDE), channels, view=None))
+
+
+def test_an_undecodable_image_inside_a_chunked_pass(setup):
+    path = setup["paths"]["float32"]
+    classifier = tflite_model.Classifier.from_file(path, 1)
+    broken = records.make_record("broken", 1, ["t"], [[0, 0, 1, 1]], [False], np.zeros((1, CLASSES), np.float32), 3,
+                                 encoded_image=b"\x89PNG\r\n\x1a\n truncated")
+    items = list(records.read_records(setup["records"]))
+    mixed = items[:7] + [broken] + items[7:]
+    counts = accuracy.evaluate_records_many({"model": classifier}, mixed, chunk_size=5)["model"]  # 5 chunks
+    alone = accuracy.evaluate(path, setup["records"])
+    assert _as_dict(counts) == {**_as_dict(alone), "images": COUNT + 1, "labelled": alone.labelled + 1}
+    assert counts.undecodable == 1
