@@ -27,6 +27,7 @@ import concurrent.futures
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Mapping, NamedTuple, Sequence
 
@@ -57,13 +58,15 @@ def command_line(name: str, args: Sequence[str]) -> list[str]:
 
 
 class Command(NamedTuple):
-    """One user command of a stage: console script, its arguments, a label for the timings, and
-    environment variables set for it (on top of this process's)."""
+    """One user command of a stage: console script, its arguments, a label for the timings, environment
+    variables set for it (on top of this process's), and commands that need its output (`then`: run in
+    its slot as soon as it succeeds, instead of waiting for the whole stage)."""
 
     name: str
     args: Sequence[str]
     label: str
     env: Mapping[str, str] | None = None
+    then: Sequence["Command"] = ()
 
 
 # TensorFlow's own thread-pool sizes, for commands that share the machine's cores: the student steps are
@@ -84,6 +87,7 @@ class Stages:
         self.total, self.number, self.start = total, 0, time.perf_counter()
         self.parallel = parallel
         self.seconds: dict[str, float] = {}
+        self._stopping = threading.Event()
 
     def banner(self, title: str) -> None:
         self.number += 1
@@ -91,16 +95,26 @@ class Stages:
                      time.perf_counter() - self.start)
 
     def _run_one(self, command: Command, running: dict) -> None:
-        argv = command_line(command.name, command.args)
-        env = dict(command.env or {})
-        logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in env.items()), *argv]))
-        began = time.perf_counter()
-        process = subprocess.Popen(argv, env={**os.environ, **env} if env else None)
-        running[command.label] = process
-        returncode = process.wait()
-        self.seconds[command.label] = round(time.perf_counter() - began, 1)
-        if returncode != 0:
-            raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {returncode}")
+        if self._stopping.is_set():  # another command of the stage failed: start nothing new
+            return
+        try:
+            argv = command_line(command.name, command.args)
+            env = dict(command.env or {})
+            logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in env.items()), *argv]))
+            began = time.perf_counter()
+            process = subprocess.Popen(argv, env={**os.environ, **env} if env else None)
+            running[command.label] = process
+            returncode = process.wait()
+            self.seconds[command.label] = round(time.perf_counter() - began, 1)
+            if returncode != 0:
+                raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {returncode}")
+        except BaseException:
+            # Set here, in the failing worker, not only in run(): the pool hands this worker its next
+            # queued command before run() wakes up to cancel the rest.
+            self._stopping.set()
+            raise
+        for follower in command.then:
+            self._run_one(follower, running)
 
     def run(self, commands: Sequence[Command], parallel: int | None = None) -> None:
         """Runs the commands, `parallel` (default: the stages') at a time; on the first failure stops the
@@ -112,6 +126,7 @@ class Stages:
                 for future in futures:
                     future.result()
             except BaseException:
+                self._stopping.set()
                 for future in futures:
                     future.cancel()
                 for process in running.values():
@@ -164,45 +179,52 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
                            "labelled test view reached the teacher (see the test dead letters)")
     logging.info("teacher top-1 on the test set (centre crop, as the students are evaluated): %.4f", teacher_top1)
 
-    stages.banner("train students: hard labels, distilled, distilled + unlabeled")
     labelled_glob, unlabeled_glob, test_glob = path("soft", "labelled-*"), path("soft", "unlabeled-*"), path("soft", "test-*")
+    models = {name: path("students", name, "student.keras") for name in ("hard", "distilled", "distilled_unlabeled")}
+    models["factorized"] = path("students", "factorized.keras")
+    tflite = {f"{name}_int8": path("tflite", f"{name}_int8.tflite") for name in models}
+
+    def quantize(name: str, mode: str = "int8") -> Command:
+        output = tflite.setdefault(f"{name}_{mode}", path("tflite", f"{name}_{mode}.tflite"))
+        args = [f"--model={models[name]}", f"--output={output}", f"--mode={mode}"]
+        if mode == "int8":
+            args += [f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"]
+        return Command("distillery-quantize", args, f"quantize {name}" + ("" if mode == "int8" else f" {mode}"),
+                       ONE_THREAD)
+
+    stages.banner("train students: hard labels, distilled, distilled + unlabeled (and quantize the shorter runs)")
     # name: (records, alpha, steps). The student with 3x the images trains longer (about 2/3 of the passes
     # over its data the others get). All three run at once, one TensorFlow thread each (ONE_THREAD), so
-    # the core the two shorter runs leave is not idle while the longer one finishes. Measured on the full
-    # demo: 547-553 s; the longer one on one core and the two shorter ones after each other on the other:
-    # 574 s (that core's two runs 573 s, the longer run 459 s).
+    # the core the two shorter runs leave is not idle while the longer one finishes: their int8
+    # conversions follow each of them there (`then`). Measured on the full demo: 547-553 s for the
+    # three; the longer one on one core and the two shorter ones after each other on the other: 574 s.
     students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.train_steps_unlabeled),
                 "hard": (labelled_glob, 1.0, cfg.train_steps), "distilled": (labelled_glob, cfg.alpha, cfg.train_steps)}
+    longest = max(steps for _, _, steps in students.values())
     stages.run([Command("distillery-train", [
         f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
         f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
         f"--temperature={cfg.temperature}", f"--steps={steps}", f"--batch_size={cfg.batch_size}",
         f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=250"], f"train {name}",
-        ONE_THREAD) for name, (train_glob, alpha, steps) in students.items()], parallel=len(students))
+        ONE_THREAD, then=(quantize(name),) if steps < longest else ())
+        for name, (train_glob, alpha, steps) in students.items()], parallel=len(students))
+    converted = {name for name, (_, _, steps) in students.items() if steps < longest}
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 
-    models = {name: path("students", name, "student.keras") for name in ("hard", "distilled", "distilled_unlabeled")}
-    models["factorized"] = path("students", "factorized.keras")
-    tflite = {f"{name}_int8": path("tflite", f"{name}_int8.tflite") for name in models}
-    tflite[f"{best}_float32"] = path("tflite", f"{best}_float32.tflite")
-
-    def quantize(name: str, mode: str = "int8") -> Command:
-        args = [f"--model={models[name]}", f"--output={tflite[f'{name}_{mode}']}", f"--mode={mode}"]
-        if mode == "int8":
-            args += [f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"]
-        return Command("distillery-quantize", args, f"quantize {name}" + ("" if mode == "int8" else f" {mode}"))
-
-    # The factorize job is the long one; the students' conversions run beside it on the other core.
+    # The factorize job is the long one; the remaining conversions run beside it, one at a time. One
+    # TensorFlow thread for the job too: measured alone on this machine, its fine-tuning trains
+    # 1,580-1,660 images/s with one thread and 1,410-1,500 with two.
     stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning "
-                  "(and quantize the students meanwhile)")
+                  "(and quantize the other students meanwhile)")
     stages.run([Command("distillery-factorize", [
         f"--model={models[best]}", f"--train={labelled_glob},{unlabeled_glob}",
         f"--eval={test_glob}", f"--output={models['factorized']}",
         _rank_flag(cfg),
         "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
-        f"--batch_size={cfg.batch_size}", f"--alpha={cfg.alpha}", f"--temperature={cfg.temperature}"], "factorize"),
-        *(quantize(name) for name in ("hard", "distilled", "distilled_unlabeled")), quantize(best, "float32")])
+        f"--batch_size={cfg.batch_size}", f"--learning_rate={cfg.factorize_learning_rate}", f"--alpha={cfg.alpha}",
+        f"--temperature={cfg.temperature}"], "factorize", ONE_THREAD),
+        *(quantize(name) for name in students if name not in converted), quantize(best, "float32")])
 
     stages.banner("quantize the factorized student to int8")
     stages.run([quantize("factorized")])

@@ -88,13 +88,30 @@ def test_teacher_training_views_keep_each_image_with_its_label():
 def test_demo_config_takes_exactly_one_rank_selection():
     from demo import config as demo_config  # pylint: disable=import-outside-toplevel
 
-    assert demo_config.TINY.factorize_ranks and demo_config.FULL.factorize_latency_reduction == 0.25
-    for settings in ({"factorize_latency_reduction": None},
+    assert demo_config.TINY.factorize_ranks and demo_config.FULL.factorize_ranks == demo_config.FULL_STUDENT_RANKS
+    for settings in ({"factorize_ranks": None},
                      {"factorize_energy": 0.9},
-                     {"factorize_ranks": "conv_pw_13:32"}):
+                     {"factorize_latency_reduction": 0.25}):
         with pytest.raises(ValueError, match="exactly one of"):
             demo_config.DemoConfig(**settings)
-    assert demo_config.DemoConfig(factorize_latency_reduction=None, factorize_ranks="conv_pw_13:32")
+    assert demo_config.DemoConfig(factorize_ranks=None, factorize_latency_reduction=0.25)
+
+
+def test_full_preset_ranks_are_an_eighth_of_the_wide_1x1_convolutions():
+    from compress import factorize  # pylint: disable=import-outside-toplevel
+    from compress import factorize_job  # pylint: disable=import-outside-toplevel
+    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from trainer import students  # pylint: disable=import-outside-toplevel
+
+    full = demo_config.FULL
+    student = students.build_student(full.student, full.student_width, full.image_size, 10)
+    layers = {layer.name: layer for layer in factorize.find_factorizable_layers(student)}
+    ranks = factorize_job.parse_ranks(full.factorize_ranks)
+    wide = {name for name, layer in layers.items() if layer.kind == "conv1x1" and layer.output_channels >= 128}
+    assert set(ranks) == wide and len(wide) == 8
+    for name, rank in ranks.items():
+        assert rank * 8 == layers[name].full_rank
+    factorize.check_ranks(student, ranks)  # every one of them saves MACs
 
 
 def test_teacher_architecture_by_hand():
@@ -110,7 +127,9 @@ def test_rank_flag_follows_the_one_selection_the_config_sets():
     from demo import config as demo_config  # pylint: disable=import-outside-toplevel
     from demo import run as demo_run  # pylint: disable=import-outside-toplevel
 
-    assert demo_run._rank_flag(demo_config.FULL) == "--latency_reduction=0.25"  # pylint: disable=protected-access
+    assert demo_run._rank_flag(demo_config.FULL) == f"--ranks={demo_config.FULL_STUDENT_RANKS}"  # pylint: disable=protected-access
     assert demo_run._rank_flag(demo_config.TINY) == "--ranks=conv_pw_12:16,conv_pw_13:32"  # pylint: disable=protected-access
-    energy = demo_config.DemoConfig(factorize_latency_reduction=None, factorize_energy=0.9)
+    energy = demo_config.DemoConfig(factorize_ranks=None, factorize_energy=0.9)
     assert demo_run._rank_flag(energy) == "--energy=0.9"  # pylint: disable=protected-access
+    budget = demo_config.DemoConfig(factorize_ranks=None, factorize_latency_reduction=0.25)
+    assert demo_run._rank_flag(budget) == "--latency_reduction=0.25"  # pylint: disable=protected-access
