@@ -6,9 +6,10 @@ It reproduces at small scale the experiments of the LPIRC 2018 team this project
 2. extract soft labels with the Beam job (`distillery-extract`), V views, over the labelled part, over the
    rest of the training set with its labels removed (the Open Images role) and over the test set;
 3. train students (`distillery-train`): hard labels only; labelled part with distillation; labelled +
-   unlabeled with distillation;
-4. factorize the best student layerwise and fine-tune it (`distillery-factorize`), while the students are
-   quantized to int8 (`distillery-quantize`), the best one to float32 too;
+   unlabeled with distillation; the two shorter runs are quantized to int8 (`distillery-quantize`) as
+   soon as each ends;
+4. factorize the best student layerwise and fine-tune it (`distillery-factorize`), while the other
+   student is quantized to int8 and the best one to float32;
 5. quantize the factorized student to int8;
 6. benchmark all of them on the test set (`distillery-benchmark`): top-1, single-thread latency, per-op
    profile, LPIRC score; then check the goals and append them to the report.
@@ -78,60 +79,76 @@ ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 class Stages:
     """Runs numbered stages of user commands and logs what they cost.
 
-    Commands of one stage are independent (three extractions, three students, five conversions), so
-    they run `parallel` at a time: each is a separate process whose TensorFlow start-up is mostly one
-    core, and this machine has two.
+    Commands of one stage are independent (three extractions; three students, two of them followed by
+    their conversion; the factorize job and conversions), so they run `parallel` at a time: each is a
+    separate process whose TensorFlow start-up is mostly one core, and this machine has two.
     """
 
     def __init__(self, total: int, parallel: int = 2):
         self.total, self.number, self.start = total, 0, time.perf_counter()
         self.parallel = parallel
         self.seconds: dict[str, float] = {}
-        self._stopping = threading.Event()
+        # One stage at a time: run() resets these. The lock makes "not stopping? then start and register
+        # the process" one step, so a stop either sees a process to terminate or prevents its start.
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._running: dict[str, subprocess.Popen] = {}
+        self._failure: BaseException | None = None
 
     def banner(self, title: str) -> None:
         self.number += 1
         logging.info("=== stage %d/%d: %s (%.0f s so far) ===", self.number, self.total, title,
                      time.perf_counter() - self.start)
 
-    def _run_one(self, command: Command, running: dict) -> None:
-        if self._stopping.is_set():  # another command of the stage failed: start nothing new
-            return
+    def _stop(self, failure: BaseException | None = None) -> None:
+        """Terminates the running commands and starts no more; keeps the first failure (the commands
+        terminated here fail too, after it)."""
+        with self._lock:
+            if failure is not None and not self._stopping:
+                self._failure = failure
+            self._stopping = True
+            for process in self._running.values():
+                if process.poll() is None:
+                    process.terminate()
+
+    def _run_one(self, command: Command) -> None:
         try:
             argv = command_line(command.name, command.args)
             env = dict(command.env or {})
-            logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in env.items()), *argv]))
-            began = time.perf_counter()
-            process = subprocess.Popen(argv, env={**os.environ, **env} if env else None)
-            running[command.label] = process
+            with self._lock:
+                if self._stopping:  # another command of the stage failed: start nothing new
+                    return
+                logging.info("$ %s", " ".join([*(f"{name}={value}" for name, value in env.items()), *argv]))
+                began = time.perf_counter()
+                process = subprocess.Popen(argv, env={**os.environ, **env} if env else None)
+                self._running[command.label] = process
             returncode = process.wait()
             self.seconds[command.label] = round(time.perf_counter() - began, 1)
             if returncode != 0:
                 raise RuntimeError(f"stage {command.label!r} failed: {command.name} exited with {returncode}")
-        except BaseException:
-            # Set here, in the failing worker, not only in run(): the pool hands this worker its next
-            # queued command before run() wakes up to cancel the rest.
-            self._stopping.set()
+        except BaseException as error:
+            # Stop here, in the failing worker, not only in run(): the pool hands this worker its next
+            # queued command before run() wakes up.
+            self._stop(error)
             raise
         for follower in command.then:
-            self._run_one(follower, running)
+            self._run_one(follower)
 
     def run(self, commands: Sequence[Command], parallel: int | None = None) -> None:
-        """Runs the commands, `parallel` (default: the stages') at a time; on the first failure stops the
-        others and raises."""
-        running: dict[str, subprocess.Popen] = {}
+        """Runs the commands, `parallel` (default: the stages') at a time; on the first failure terminates
+        the running ones, starts nothing more and raises it (without waiting for the others to end)."""
+        self._stopping, self._running, self._failure = False, {}, None
         with concurrent.futures.ThreadPoolExecutor(parallel or self.parallel) as pool:
-            futures = [pool.submit(self._run_one, command, running) for command in commands]
+            futures = [pool.submit(self._run_one, command) for command in commands]
             try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                self._stopping.set()
+                done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+                failed = [future for future in futures if future in done and future.exception() is not None]
+                if failed:
+                    raise self._failure if self._failure is not None else failed[0].exception()
+            except BaseException:  # a failed command, or Ctrl-C here
+                self._stop()
                 for future in futures:
                     future.cancel()
-                for process in running.values():
-                    if process.poll() is None:
-                        process.terminate()
                 raise
 
 

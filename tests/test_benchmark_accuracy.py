@@ -203,3 +203,5 @@ def test_an_undecodable_image_inside_a_chunked_pass(setup):
     alone = accuracy.evaluate(path, setup["records"])
     assert _as_dict(counts) == {**_as_dict(alone), "images": COUNT + 1, "labelled": alone.labelled + 1}
     assert counts.undecodable == 1
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        accuracy.evaluate_records_many({"model": classifier}, mixed, chunk_size=0)
