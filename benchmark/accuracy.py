@@ -90,13 +90,19 @@ def check_compatible(classifier: tflite_model.Classifier, spec: records.RecordSp
             f"{classifier.name}: input has {classifier.channels} channels; the records {records_name} hold RGB images")
 
 
-def _eval_pixels(record: records.SoftLabelRecord, classifier: tflite_model.Classifier) -> np.ndarray | None:
-    """The record's evaluation view at the classifier's input, or None when its image does not decode."""
+def _decode_or_none(record: records.SoftLabelRecord) -> np.ndarray | None:
+    """The record's decoded RGB image, or None (logged) when it does not decode."""
     try:
-        return quantize.record_view(record, classifier.input_size, classifier.channels, view=None)
+        return quantize.decode_record_image(record)
     except images_module.ImageDecodeError as error:
         logging.warning("record %s: image skipped: %s", record.image_id, error)
         return None
+
+
+def _eval_pixels(record: records.SoftLabelRecord, classifier: tflite_model.Classifier) -> np.ndarray | None:
+    """The record's evaluation view at the classifier's input, or None when its image does not decode."""
+    rgb = _decode_or_none(record)
+    return None if rgb is None else quantize.eval_views([rgb], classifier.input_size, classifier.channels)[0]
 
 
 def score_pixels(classifier: tflite_model.Classifier, record: records.SoftLabelRecord, pixels: np.ndarray | None,
@@ -118,14 +124,6 @@ def score_record(classifier: tflite_model.Classifier, record: records.SoftLabelR
                  clock: Callable[[], float] = time.perf_counter) -> EvalCounts:
     """The counts of one record (one image, its centre crop)."""
     return score_pixels(classifier, record, _eval_pixels(record, classifier), clock)
-
-
-def _decode_or_none(record: records.SoftLabelRecord) -> np.ndarray | None:
-    try:
-        return quantize.decode_record_image(record)
-    except images_module.ImageDecodeError as error:
-        logging.warning("record %s: image skipped: %s", record.image_id, error)
-        return None
 
 
 def _chunks(items: Iterable[records.SoftLabelRecord], size: int) -> Iterable[list[records.SoftLabelRecord]]:

@@ -174,10 +174,9 @@ def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels
     """
     rgb = decode_record_image(record)
     if view is None:
-        pixels = views.compiled_eval_view(tuple(size))(rgb).numpy()
-    else:
-        pixels = views.compiled_crop_views(tuple(size))(rgb, record.crops[view:view + 1].astype(np.float32),
-                                                        record.flips[view:view + 1].astype(bool)).numpy()[0]
+        return eval_views([rgb], size, channels)[0]
+    pixels = views.compiled_crop_views(tuple(size))(rgb, record.crops[view:view + 1].astype(np.float32),
+                                                    record.flips[view:view + 1].astype(bool)).numpy()[0]
     return _to_channels(pixels, channels)
 
 

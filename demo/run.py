@@ -218,14 +218,14 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
     students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.train_steps_unlabeled),
                 "hard": (labelled_glob, 1.0, cfg.train_steps), "distilled": (labelled_glob, cfg.alpha, cfg.train_steps)}
     longest = max(steps for _, _, steps in students.values())
+    converted = {name for name, (_, _, steps) in students.items() if steps < longest}  # as followers
     stages.run([Command("distillery-train", [
         f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
         f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
         f"--temperature={cfg.temperature}", f"--steps={steps}", f"--batch_size={cfg.batch_size}",
         f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=250"], f"train {name}",
-        ONE_THREAD, then=(quantize(name),) if steps < longest else ())
+        ONE_THREAD, then=(quantize(name),) if name in converted else ())
         for name, (train_glob, alpha, steps) in students.items()], parallel=len(students))
-    converted = {name for name, (_, _, steps) in students.items() if steps < longest}
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 

@@ -189,19 +189,11 @@ def compiled_crop_views(size: tuple[int, int]) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_eval_view(size: tuple[int, int]) -> Callable:
-    """`eval_view` at one output size as a tf.function over one uint8 image (the per-record path:
-    quantization's calibration and the Beam accuracy job; eagerly that is ~15 ops and several ms per
-    image). The in-process benchmark batches with `compiled_eval_views`."""
-    signature = [tf.TensorSpec([None, None, 3], tf.uint8)]
-    return tf.function(lambda image: eval_view(image, tuple(size)), input_signature=signature)
-
-
-@functools.lru_cache(maxsize=None)
 def compiled_eval_views(size: tuple[int, int]) -> Callable:
     """`eval_view` of a batch of uint8 images of one shape, [N, H, W, 3] -> [N, h, w, 3] float32, in one
-    graph call: each output is exactly `compiled_eval_view`'s for that image, without its call overhead
-    per image (2/3 of the benchmark's accuracy pass over the demo's test images, cProfile)."""
+    graph call (eagerly that is ~15 ops and several ms per image). The benchmark's accuracy pass sends 64
+    images per call: one call per image was 2/3 of that pass over the demo's test images (cProfile); the
+    per-record paths (the Beam accuracy job) send a batch of one. Cached per process."""
     signature = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
 
     def eval_all(images):
