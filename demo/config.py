@@ -35,16 +35,28 @@ class DemoConfig:
     teacher_dropout: float = 0.1   # 0.3 underfit: the random views already regularize
     views: int = 2                 # stored views per training image
     top_k: int = 10                # Fashion-MNIST has 10 classes: full logits
+    parallel_extractions: int = 2  # extraction jobs at once (each runs TensorFlow on every core)
     min_scale: float = 0.7         # random crops of >= 70% of the padded 32x32 image (the teacher trains on them too)
     student: str = "mobilenet_v1"
     student_width: float = 0.25
     image_size: int = 32
     batch_size: int = 128
-    train_steps: int = 2000        # ~26 passes over the labelled views
-    train_steps_unlabeled: int = 3000  # the labelled + unlabeled student: 3x the images, trained longer
+    train_steps: int = 2000        # ~26 passes over the labelled images (13 over their stored views)
+    # The labelled + unlabeled student: 3x the images, trained longer. Float top-1 at T = 4 (test / the
+    # validation split below): 3000 steps 83.59% / 84.68%, 3500 steps 84.53% / 85.16%.
+    train_steps_unlabeled: int = 3500
     learning_rate: float = 0.05
     alpha: float = 0.5             # hard-label weight of the distilled students
-    temperature: float = 4.0
+    # Distillation temperatures, one per distilled student, chosen on a validation split: 10k training
+    # images the demo uses for nothing else (Fashion-MNIST train 30000-39999, extracted by the same
+    # teacher), never the test set. Float top-1 on it, 2000 / 3000 steps, seed 0 (README "Choosing the
+    # temperatures"): distilled T = 4 83.34%, 5 83.67%, 6 84.75% (seed 1 84.00%), 8 83.78% (seed 1
+    # 83.80%); distilled + unlabeled T = 4 84.68%, 6 84.52%, 8 84.20%; hard-label 82.58% (seed 1 82.90%).
+    # On the unlabeled images the soft term is the only signal, and a flatter target carries less of
+    # the class; on the labelled ones the teacher is nearly one-hot (it trained on them), and a higher T
+    # brings its second choices back.
+    distilled_temperature: float = 6.0
+    unlabeled_temperature: float = 4.0
     factorize_energy: float | None = None           # rank selection: keep this energy per layer, or
     factorize_latency_reduction: float | None = None  # ... a latency budget this fraction below the student's,
     factorize_ranks: str | None = FULL_STUDENT_RANKS  # ... or explicit LAYER:RANK pairs (--ranks)
@@ -67,7 +79,10 @@ class DemoConfig:
 
 FULL = DemoConfig()
 
+# The tiny chain's jobs are bound by their start (imports, tracing), not by their work: its three
+# extractions run at once.
 TINY = DemoConfig(labelled=240, unlabeled=240, test=200, teacher_width=8, teacher_epochs=2, views=2,
+                  parallel_extractions=3,
                   student_width=0.25, batch_size=32, train_steps=30, train_steps_unlabeled=40,
                   # Two layers, not all 14: each layerwise phase traces a new step function (~3.5 s).
                   factorize_ranks="conv_pw_12:16,conv_pw_13:32", factorize_latency_reduction=None,

@@ -185,7 +185,8 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
         f"--output={path('soft', part)}", f"--dead_letter={path('dead_letters', part + '.jsonl')}",
         f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
         "--store_image_max_side=64"], f"extract {part}")
-        for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))])
+        for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))],
+        parallel=cfg.parallel_extractions)
     # The test extraction ran the teacher on every test image's centre crop (the view the students are
     # scored on) and counted its top-1 against the labels: no second pass over the test set.
     test_summary = path("soft", "test.summary.json")
@@ -210,22 +211,26 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
                        ONE_THREAD)
 
     stages.banner("train students: hard labels, distilled, distilled + unlabeled (and quantize the shorter runs)")
-    # name: (records, alpha, steps). The student with 3x the images trains longer (about 2/3 of the passes
-    # over its data the others get). All three run at once, one TensorFlow thread each (ONE_THREAD), so
-    # the core the two shorter runs leave is not idle while the longer one finishes: their int8
-    # conversions follow each of them there (`then`). Measured on the full demo: 547-553 s for the
-    # three; the longer one on one core and the two shorter ones after each other on the other: 574 s.
-    students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.train_steps_unlabeled),
-                "hard": (labelled_glob, 1.0, cfg.train_steps), "distilled": (labelled_glob, cfg.alpha, cfg.train_steps)}
-    longest = max(steps for _, _, steps in students.values())
-    converted = {name for name, (_, _, steps) in students.items() if steps < longest}  # as followers
+    # name: (records, alpha, temperature, steps); the hard-label student (alpha 1) has no soft term, so its
+    # temperature is only recorded. The student with 3x the images trains longer (7/12 of the passes over
+    # its data the others get). All three run at once, one TensorFlow thread each (ONE_THREAD), so the
+    # core the two shorter runs leave is not idle while the longer one finishes: their int8 conversions
+    # follow each of them there (`then`). Measured on the full demo (3000 steps for the longer one then):
+    # 547-553 s for the three; the longer one on one core and the two shorter ones after each other on
+    # the other: 574 s.
+    students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.unlabeled_temperature,
+                                        cfg.train_steps_unlabeled),
+                "hard": (labelled_glob, 1.0, cfg.distilled_temperature, cfg.train_steps),
+                "distilled": (labelled_glob, cfg.alpha, cfg.distilled_temperature, cfg.train_steps)}
+    longest = max(steps for *_, steps in students.values())
+    converted = {name for name, (*_, steps) in students.items() if steps < longest}  # as followers
     stages.run([Command("distillery-train", [
         f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
         f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
-        f"--temperature={cfg.temperature}", f"--steps={steps}", f"--batch_size={cfg.batch_size}",
+        f"--temperature={temperature}", f"--steps={steps}", f"--batch_size={cfg.batch_size}",
         f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=250"], f"train {name}",
         ONE_THREAD, then=(quantize(name),) if name in converted else ())
-        for name, (train_glob, alpha, steps) in students.items()], parallel=len(students))
+        for name, (train_glob, alpha, temperature, steps) in students.items()], parallel=len(students))
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 
@@ -240,7 +245,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
         _rank_flag(cfg),
         "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
         f"--batch_size={cfg.batch_size}", f"--learning_rate={cfg.factorize_learning_rate}", f"--alpha={cfg.alpha}",
-        f"--temperature={cfg.temperature}"], "factorize", ONE_THREAD),
+        f"--temperature={students[best][2]}"], "factorize", ONE_THREAD),
         *(quantize(name) for name in students if name not in converted), quantize(best, "float32")])
 
     stages.banner("quantize the factorized student to int8")

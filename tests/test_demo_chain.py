@@ -17,6 +17,10 @@ from distillery import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# `make test` runs this module in a pytest pass of its own (Makefile): the chain starts up to three
+# commands at once, and beside another xdist worker on two cores it ran ~40% longer.
+pytestmark = pytest.mark.demo_chain
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
@@ -75,7 +79,17 @@ def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
             demo_config.TINY.train_steps
         assert summary["steps"] == expected_steps
         assert 0.0 <= goals.top1_of_summary(summary) <= 1.0
+    tiny = demo_config.TINY
+    temperatures = {"hard": tiny.distilled_temperature, "distilled": tiny.distilled_temperature,
+                    "distilled_unlabeled": tiny.unlabeled_temperature}
+    alphas = {"hard": 1.0, "distilled": tiny.alpha, "distilled_unlabeled": tiny.alpha}
+    for name, temperature in temperatures.items():
+        summary = json.load(open(os.path.join(output_dir, "students", name, "summary.json")))
+        assert (summary["alpha"], summary["temperature"]) == (alphas[name], temperature), name
     factorize_report = json.load(open(os.path.join(output_dir, "students", "factorized.keras.report.json")))
+    # The best student is factorized and fine-tuned at its own temperature.
+    best = os.path.basename(os.path.dirname(factorize_report["model"]))
+    assert factorize_report["finetune"]["temperature"] == temperatures[best]
     # The tiny preset names its layers and ranks (--ranks): exactly those are factorized.
     named = {name: int(rank) for name, rank in
              (pair.split(":") for pair in demo_config.TINY.factorize_ranks.split(","))}
