@@ -105,6 +105,25 @@ def write_splits(output_dir: str, labelled: int, unlabeled: int, test: int,
     return DemoSplits(paths["labelled"], paths["unlabeled"], paths["test"], counts)
 
 
+def write_validation(path: str, first: int = 30000, count: int = 10000, idx_dir: str = FASHION_MNIST_DIR) -> int:
+    """Writes training images `first` .. `first + count - 1`, labels kept, to `path`; returns how many.
+
+    A validation split for choosing settings without the test set: the demo's defaults use the first
+    30,000 training images, so the default range is disjoint from them (README "Choosing the
+    temperatures" chose the distillation temperatures on it).
+
+        .venv/bin/python -c "from demo import data; print(data.write_validation('/tmp/val/val.tfrecord'))"
+    """
+    if first < 0 or count < 1 or first + count > 60000:
+        raise ValueError(f"need 0 <= first and 1 <= count with first + count <= 60000 (Fashion-MNIST's training "
+                         f"images), got first={first}, count={count}")
+    ids, pixels, labels = _idx_split(idx_dir, "train", first + count)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    return _write(path, ids[first:], pixels[first:], labels[first:])
+
+
 def read_images(path: str) -> tuple[np.ndarray, np.ndarray]:
     """All images of a split as ([N, 32, 32, 3] uint8 RGB, [N] labels): for training the teacher."""
     spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),

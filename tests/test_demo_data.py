@@ -50,6 +50,21 @@ def test_write_splits_reads_back_padded_images_ids_and_labels(tmp_path):
         assert _ids(getattr(splits, part)) == ids
 
 
+def test_write_validation_reads_back_its_range_of_training_images(tmp_path):
+    if not os.path.isdir(demo_data.FASHION_MNIST_DIR):
+        pytest.skip(f"{demo_data.FASHION_MNIST_DIR} missing: install the Debian package dataset-fashion-mnist")
+    path = str(tmp_path / "val" / "val.tfrecord")
+    assert demo_data.write_validation(path, first=30000, count=3) == 3
+    train_images = source_records.read_idx(f"{demo_data.FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz")
+    train_labels = source_records.read_idx(f"{demo_data.FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz")
+    images, labels = demo_data.read_images(path)
+    np.testing.assert_array_equal(images[..., 0], np.pad(train_images[30000:30003], ((0, 0), (2, 2), (2, 2))))
+    np.testing.assert_array_equal(labels, train_labels[30000:30003])
+    assert _ids(path) == ["train/30000", "train/30001", "train/30002"]
+    with pytest.raises(ValueError, match="first=59999, count=2"):
+        demo_data.write_validation(path, first=59999, count=2)
+
+
 def test_random_views_follow_the_stored_view_distribution():
     boxes, flips = [], []
     for position in range(400):
