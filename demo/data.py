@@ -117,6 +117,9 @@ def write_validation(path: str, first: int = 30000, count: int = 10000, idx_dir:
     if first < 0 or count < 1 or first + count > 60000:
         raise ValueError(f"need 0 <= first and 1 <= count with first + count <= 60000 (Fashion-MNIST's training "
                          f"images), got first={first}, count={count}")
+    if not os.path.isdir(idx_dir):
+        raise FileNotFoundError(f"{idx_dir} does not exist: install the Debian package dataset-fashion-mnist "
+                                "(`make install` does, as root)")
     ids, pixels, labels = _idx_split(idx_dir, "train", first + count)
     directory = os.path.dirname(path)
     if directory:

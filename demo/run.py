@@ -152,6 +152,28 @@ class Stages:
                 raise
 
 
+class StudentRun(NamedTuple):
+    """How one student trains: its records, the hard-label weight, the distillation temperature, steps."""
+
+    records: str
+    alpha: float
+    temperature: float
+    steps: int
+
+
+def student_runs(cfg: demo_config.DemoConfig, labelled_glob: str, unlabeled_glob: str) -> dict[str, StudentRun]:
+    """The three students of the seed experiments, the longest first (it starts first).
+
+    The hard-label student (alpha 1) has no soft term: its temperature, the distilled one's, is only
+    recorded, and is the factorize job's if it turns out the best student. The student with 3x the
+    images trains longer (7/12 of the passes over its data the others get).
+    """
+    return {"distilled_unlabeled": StudentRun(f"{labelled_glob},{unlabeled_glob}", cfg.alpha,
+                                              cfg.unlabeled_temperature, cfg.train_steps_unlabeled),
+            "hard": StudentRun(labelled_glob, 1.0, cfg.distilled_temperature, cfg.train_steps),
+            "distilled": StudentRun(labelled_glob, cfg.alpha, cfg.distilled_temperature, cfg.train_steps)}
+
+
 def _rank_flag(cfg: demo_config.DemoConfig) -> str:
     """The factorize job's rank-selection flag of the config (it sets exactly one)."""
     if cfg.factorize_energy is not None:
@@ -210,26 +232,20 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
                        ONE_THREAD)
 
     stages.banner("train students: hard labels, distilled, distilled + unlabeled (and quantize the shorter runs)")
-    # name: (records, alpha, temperature, steps); the hard-label student (alpha 1) has no soft term, so its
-    # temperature is only recorded. The student with 3x the images trains longer (7/12 of the passes over
-    # its data the others get). All three run at once, one TensorFlow thread each (ONE_THREAD), so the
-    # core the two shorter runs leave is not idle while the longer one finishes: their int8 conversions
-    # follow each of them there (`then`). Measured on the full demo (3000 steps for the longer one then):
-    # 547-553 s for the three; the longer one on one core and the two shorter ones after each other on
-    # the other: 574 s.
-    students = {"distilled_unlabeled": (f"{labelled_glob},{unlabeled_glob}", cfg.alpha, cfg.unlabeled_temperature,
-                                        cfg.train_steps_unlabeled),
-                "hard": (labelled_glob, 1.0, cfg.distilled_temperature, cfg.train_steps),
-                "distilled": (labelled_glob, cfg.alpha, cfg.distilled_temperature, cfg.train_steps)}
-    longest = max(steps for *_, steps in students.values())
-    converted = {name for name, (*_, steps) in students.items() if steps < longest}  # as followers
+    # All three run at once, one TensorFlow thread each (ONE_THREAD), so the core the two shorter runs
+    # leave is not idle while the longer one finishes: their int8 conversions follow each of them there
+    # (`then`). Measured on the full demo (3000 steps for the longer one then): 547-553 s for the three;
+    # the longer one on one core and the two shorter ones after each other on the other: 574 s.
+    students = student_runs(cfg, labelled_glob, unlabeled_glob)
+    longest = max(run.steps for run in students.values())
+    converted = {name for name, run in students.items() if run.steps < longest}  # as followers
     stages.run([Command("distillery-train", [
-        f"--train={train_glob}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
-        f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={alpha}",
-        f"--temperature={temperature}", f"--steps={steps}", f"--batch_size={cfg.batch_size}",
+        f"--train={run.records}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
+        f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={run.alpha}",
+        f"--temperature={run.temperature}", f"--steps={run.steps}", f"--batch_size={cfg.batch_size}",
         f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=250"], f"train {name}",
         ONE_THREAD, then=(quantize(name),) if name in converted else ())
-        for name, (train_glob, alpha, temperature, steps) in students.items()], parallel=len(students))
+        for name, run in students.items()], parallel=len(students))
     summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
     best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
 
@@ -244,7 +260,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
         _rank_flag(cfg),
         "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
         f"--batch_size={cfg.batch_size}", f"--learning_rate={cfg.factorize_learning_rate}", f"--alpha={cfg.alpha}",
-        f"--temperature={students[best][2]}"], "factorize", ONE_THREAD),
+        f"--temperature={students[best].temperature}"], "factorize", ONE_THREAD),
         *(quantize(name) for name in students if name not in converted), quantize(best, "float32")])
 
     stages.banner("quantize the factorized student to int8")

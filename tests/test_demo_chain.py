@@ -89,6 +89,7 @@ def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
     factorize_report = json.load(open(os.path.join(output_dir, "students", "factorized.keras.report.json")))
     # The best student is factorized and fine-tuned at its own temperature.
     best = os.path.basename(os.path.dirname(factorize_report["model"]))
+    assert best == json.load(open(os.path.join(output_dir, "report.json")))["demo"]["best_student"]
     assert factorize_report["finetune"]["temperature"] == temperatures[best]
     # The tiny preset names its layers and ranks (--ranks): exactly those are factorized.
     named = {name: int(rank) for name, rank in

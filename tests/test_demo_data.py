@@ -61,8 +61,21 @@ def test_write_validation_reads_back_its_range_of_training_images(tmp_path):
     np.testing.assert_array_equal(images[..., 0], np.pad(train_images[30000:30003], ((0, 0), (2, 2), (2, 2))))
     np.testing.assert_array_equal(labels, train_labels[30000:30003])
     assert _ids(path) == ["train/30000", "train/30001", "train/30002"]
-    with pytest.raises(ValueError, match="first=59999, count=2"):
-        demo_data.write_validation(path, first=59999, count=2)
+    for first, count in ((59999, 2), (-1, 3), (30000, 0)):
+        with pytest.raises(ValueError, match=f"first={first}, count={count}"):
+            demo_data.write_validation(path, first=first, count=count)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        demo_data.write_validation(path, idx_dir=str(tmp_path / "missing"))
+
+
+def test_the_default_validation_range_is_disjoint_from_the_demo_parts():
+    import inspect  # pylint: disable=import-outside-toplevel
+
+    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+
+    defaults = inspect.signature(demo_data.write_validation).parameters
+    assert defaults["first"].default >= demo_config.FULL.labelled + demo_config.FULL.unlabeled
+    assert defaults["first"].default + defaults["count"].default <= 60000
 
 
 def test_random_views_follow_the_stored_view_distribution():
@@ -148,3 +161,19 @@ def test_rank_flag_follows_the_one_selection_the_config_sets():
     assert demo_run._rank_flag(energy) == "--energy=0.9"  # pylint: disable=protected-access
     budget = demo_config.DemoConfig(factorize_ranks=None, factorize_latency_reduction=0.25)
     assert demo_run._rank_flag(budget) == "--latency_reduction=0.25"  # pylint: disable=protected-access
+
+
+def test_student_runs_give_each_student_its_records_alpha_temperature_and_steps():
+    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from demo import run as demo_run  # pylint: disable=import-outside-toplevel
+
+    cfg = demo_config.DemoConfig(alpha=0.3, distilled_temperature=5.0, unlabeled_temperature=2.0, train_steps=7,
+                                 train_steps_unlabeled=11)
+    runs = demo_run.student_runs(cfg, "L-*", "U-*")
+    assert runs == {"distilled_unlabeled": demo_run.StudentRun("L-*,U-*", 0.3, 2.0, 11),
+                    "hard": demo_run.StudentRun("L-*", 1.0, 5.0, 7),
+                    "distilled": demo_run.StudentRun("L-*", 0.3, 5.0, 7)}
+    # The full preset: the temperatures chosen on the validation split, the longer run for 3x the images.
+    full = demo_run.student_runs(demo_config.FULL, "L-*", "U-*")
+    assert (full["distilled"].temperature, full["distilled_unlabeled"].temperature) == (6.0, 4.0)
+    assert (full["hard"].steps, full["distilled"].steps, full["distilled_unlabeled"].steps) == (2000, 2000, 3500)
