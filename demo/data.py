@@ -67,6 +67,13 @@ def _write(path: str, image_ids: Iterable[str], pixels: np.ndarray, labels: Iter
     return count
 
 
+def _require_idx_dir(idx_dir: str) -> None:
+    """Raises FileNotFoundError, with the install hint, when the Fashion-MNIST idx files are missing."""
+    if not os.path.isdir(idx_dir):
+        raise FileNotFoundError(f"{idx_dir} does not exist: install the Debian package dataset-fashion-mnist "
+                                "(`make install` does, as root)")
+
+
 def _idx_split(idx_dir: str, split: str, max_examples: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids, padded pixels and labels of the first `max_examples` images of an idx split, read through the
     `idx:` image source (which validates the files) and PNG-encoded once, after padding, by `_write`."""
@@ -87,9 +94,7 @@ def write_splits(output_dir: str, labelled: int, unlabeled: int, test: int,
     Raises:
       FileNotFoundError: when the idx files are missing (install the Debian package dataset-fashion-mnist).
     """
-    if not os.path.isdir(idx_dir):
-        raise FileNotFoundError(f"{idx_dir} does not exist: install the Debian package dataset-fashion-mnist "
-                                "(`make install` does, as root)")
+    _require_idx_dir(idx_dir)
     if labelled + unlabeled > 60000 or test > 10000:
         raise ValueError("Fashion-MNIST has 60000 training and 10000 test images")
     if labelled < 1 or unlabeled < 0 or test < 1:
@@ -117,9 +122,7 @@ def write_validation(path: str, first: int = 30000, count: int = 10000, idx_dir:
     if first < 0 or count < 1 or first + count > 60000:
         raise ValueError(f"need 0 <= first and 1 <= count with first + count <= 60000 (Fashion-MNIST's training "
                          f"images), got first={first}, count={count}")
-    if not os.path.isdir(idx_dir):
-        raise FileNotFoundError(f"{idx_dir} does not exist: install the Debian package dataset-fashion-mnist "
-                                "(`make install` does, as root)")
+    _require_idx_dir(idx_dir)
     ids, pixels, labels = _idx_split(idx_dir, "train", first + count)
     directory = os.path.dirname(path)
     if directory:
