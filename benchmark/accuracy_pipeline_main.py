@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from benchmark import accuracy_pipeline
 from pipelines import beam_options

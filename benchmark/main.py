@@ -19,16 +19,10 @@ import logging
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from benchmark import accuracy
-from benchmark import accuracy_pipeline
-from benchmark import latency
-from benchmark import op_profile
-from benchmark import report
-from benchmark import tflite_model
-from distillery import records
+from benchmark import accuracy, accuracy_pipeline, report
+from distillery import latency, op_profile, records, tflite_model
 from pipelines import beam_options
 
 _EVAL = flags.DEFINE_string("eval", None, "Glob of soft-label records to evaluate on (the centre crop of each).")

@@ -1,6 +1,6 @@
 """The benchmark report: report.json, report.md and PNG plots.
 
-report.json is `{"models": [entry, ...]}` with one entry per model (DESIGN.md keys): `model`,
+report.json is `{"models": [entry, ...]}` with one entry per model (docs/design.md, "The benchmark report"): `model`,
 `size_bytes`, `latency_ms` {`min`, `median`, `p90`}, `num_threads`, `runs`, `per_op_sum_ms` (when
 profiled, with `per_op` rows), `top1` / `top5` (when labels exist), `teacher_agreement`, `images`
 (T), `runtime_ms` (summed invoke time of the T images) and `lpirc_score` (when evaluated).
@@ -16,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -24,9 +24,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmark import accuracy as accuracy_module  # noqa: E402
-from benchmark import latency as latency_module  # noqa: E402
-from benchmark import op_profile  # noqa: E402
 from benchmark import score  # noqa: E402
+from distillery import latency as latency_module  # noqa: E402
+from distillery import op_profile  # noqa: E402
 
 TOP_OPS_PLOTTED = 20
 

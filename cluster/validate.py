@@ -9,7 +9,10 @@ and neither sets `additionalProperties` nor `x-kubernetes-preserve-unknown-field
 unknown field is an error (`additionalProperties: false` is added) -- a misspelt field would
 otherwise be silently dropped by the API server.
 
-    python -m cluster.validate --crd_dir=../shared/k8s-crds   # every overlay, every object
+    python -m cluster.validate --crd_dir=DIR   # every overlay, every object; DIR holds the CRD YAML files
+
+The CRDs are the operators' own files (Kubeflow training operator, Flink Kubernetes Operator, JobSet);
+docs/cluster.md says where to get them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import yaml
 from cluster import render
 
 KUBERNETES_VERSION = "1.33"
-DEFAULT_CRD_DIR = render.REPO_ROOT.parent / "shared" / "k8s-crds"
 CUSTOM_KINDS = {
     ("kubeflow.org/v1", "TFJob"): "kubeflow.org_tfjobs.yaml",
     ("flink.apache.org/v1beta1", "FlinkDeployment"): "flinkdeployments.flink.apache.org-v1.yml",
@@ -56,7 +58,7 @@ def strict_schema(schema: Any) -> Any:
     return strict
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd_validator(crd_path: str, version: str) -> jsonschema.Draft7Validator:
     # The CRDs are ~0.6 MB of YAML: libyaml's loader where PyYAML was built with it (10x faster).
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -78,7 +80,7 @@ def _describe(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('kind')}/{resource.get('metadata', {}).get('name')}"
 
 
-def validate_custom_resource(resource: Mapping[str, Any], crd_dir: pathlib.Path = DEFAULT_CRD_DIR) -> None:
+def validate_custom_resource(resource: Mapping[str, Any], crd_dir: pathlib.Path) -> None:
     """Validates a TFJob or FlinkDeployment against its CRD in `crd_dir`.
 
     Raises:
@@ -114,7 +116,7 @@ def validate_core(resource: Mapping[str, Any], kubernetes_version: str = KUBERNE
         raise ManifestInvalid(f"{_describe(resource)}: {path}: {error.message}") from error
 
 
-def validate_all(resources: Sequence[Mapping[str, Any]], crd_dir: pathlib.Path = DEFAULT_CRD_DIR) -> list[str]:
+def validate_all(resources: Sequence[Mapping[str, Any]], crd_dir: pathlib.Path) -> list[str]:
     """Validates every object; returns 'Kind/name: checked with ...' lines.
 
     Raises:
@@ -141,5 +143,5 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    _CRD_DIR = flags.DEFINE_string("crd_dir", str(DEFAULT_CRD_DIR), "Folder with the CRD YAML files.")
+    _CRD_DIR = flags.DEFINE_string("crd_dir", None, "Folder with the operators' CRD YAML files.", required=True)
     app.run(main)

@@ -25,7 +25,7 @@ print([l.name for l in factorize.find_factorizable_layers(m)])"
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -216,7 +216,8 @@ def check_ranks(model: keras.Model, ranks: Mapping[str, int], require_savings: b
                 f"(its kernel is {layer.input_channels}x{layer.output_channels})")
         if require_savings and not layer.saves(int(rank)):
             raise FactorizationError(
-                f"rank {rank} for layer {name!r} saves nothing: r(Cin + Cout) = {rank * (layer.input_channels + layer.output_channels)}"
+                f"rank {rank} for layer {name!r} saves nothing: "
+                f"r(Cin + Cout) = {rank * (layer.input_channels + layer.output_channels)}"
                 f" >= Cin*Cout = {layer.input_channels * layer.output_channels} (largest useful rank: {layer.max_saving_rank})")
         checked[name] = layer
     return checked

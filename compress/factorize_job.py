@@ -25,15 +25,13 @@ import json
 import os
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from compress import factorize
-from compress import finetune
-from compress import rank_selection
+from compress import factorize, finetune, rank_selection
 from distillery import records
 
 DEFAULT_ENERGY = 0.9
@@ -166,7 +164,7 @@ def int8_flatbuffer(model: keras.Model, calibration: list[np.ndarray]) -> bytes:
 def latency_ratio(candidate: bytes, reference: bytes, runs: int, rounds: int = 3) -> float:
     """Median latency of `candidate` over `reference` (single thread), timed in alternating rounds so
     that the load of a shared machine falls on both; the median of the per-round ratios."""
-    from benchmark import latency as latency_module  # pylint: disable=import-outside-toplevel
+    from distillery import latency as latency_module  # pylint: disable=import-outside-toplevel
 
     medians = latency_module.interleaved_round_medians({"reference": reference, "candidate": candidate}, runs, rounds)
     return float(np.median([candidate_ms / reference_ms
@@ -245,7 +243,7 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
     if config.target_latency_ms is None and config.latency_reduction is None:
         energy = config.energy if config.energy is not None else DEFAULT_ENERGY
         return rank_selection.select_by_energy(model, layers, energy), {"energy": energy}, None
-    from benchmark import op_profile  # pylint: disable=import-outside-toplevel
+    from distillery import op_profile  # pylint: disable=import-outside-toplevel
 
     start = time.perf_counter()
     calibration = calibration_inputs(model, config.train_pattern, config.calibration_steps)
@@ -357,7 +355,8 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
                    "macs_before": factorize.model_macs(model), "macs_after": factorize.model_macs(tuned)},
         "top1": top1,
         "finetune": {"steps": tuning.steps, "final_steps": tuning.final_steps, "batch_size": tuning.batch_size,
-                     "learning_rate": tuning.learning_rate, "optimizer": tuning.optimizer, "alpha": tuning.alpha, "temperature": tuning.temperature,
+                     "learning_rate": tuning.learning_rate, "optimizer": tuning.optimizer, "alpha": tuning.alpha,
+                     "temperature": tuning.temperature,
                      "seconds": round(finetune_seconds, 1), "phases": phases},
         "latency": latency,
     }

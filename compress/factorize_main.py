@@ -8,7 +8,8 @@ this is its thin absl entry point.
 
 Rank selection (one of): --energy=F (fraction of squared singular values kept per layer, default 0.9),
 --rank_ratio=F (rank = F * min(Cin, Cout)), --target_latency_ms=MS (greedy global budget from the
-per-op profile of the int8 student) or --latency_reduction=F (the same, budget (1 - F) x its latency). Outputs: OUTPUT (.keras) and OUTPUT.report.json.
+per-op profile of the int8 student) or --latency_reduction=F (the same, budget (1 - F) x its latency).
+Outputs: OUTPUT (.keras) and OUTPUT.report.json.
 """
 
 from __future__ import annotations

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import tensorflow as tf
 
 from compress import factorize
-from trainer import data
-from trainer import loop
+from trainer import data, loop, train_config
 
 MODES = ("layerwise", "oneshot")
-OPTIMIZERS = loop.OPTIMIZERS
+OPTIMIZERS = train_config.OPTIMIZERS
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ A Distillery student is a Keras 3 functional model whose first layers do its own
 its input is raw RGB pixels 0..255. This module converts it the way a phone runs it:
 
 - from a fixed batch-1 signature `[1, S, S, C]` (a dynamic batch adds SHAPE / STRIDED_SLICE / PACK
-  ops to the graph, DESIGN.md decision 2), exported through `keras.export.ExportArchive` (handing a
+  ops to the graph, docs/decisions/002-litert-for-tflite.md), exported through `keras.export.ExportArchive` (handing a
   Keras 3 model's concrete function straight to the converter leaves its variables as
   READ_VARIABLE ops, which the int8 calibrator cannot run);
 - a mixed-precision model (`mixed_float16` / `mixed_bfloat16` policy) is rebuilt in float32 first
@@ -26,15 +26,14 @@ import logging
 import os
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from distillery import images as images_module
-from distillery import records
-from distillery import views
+from distillery import records, views
 
 MODES = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8")

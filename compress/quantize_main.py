@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from compress import quantize
 

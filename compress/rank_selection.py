@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -251,7 +251,7 @@ def map_ops_to_layers(model_content: bytes, layers: Sequence[factorize.Factoriza
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from benchmark import tflite_model
+    from distillery import tflite_model
 
     model = tflite_model.parse_tflite(model_content)
     subgraph = model.subgraphs[0]

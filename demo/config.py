@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 # The full demo's factorization: 1/8 of the rank of every 1x1 convolution with >= 128 output channels
 # (conv_pw_6 .. conv_pw_13 of MobileNet V1 0.25 at 32x32: 8 of 14). The per-op profile of this ~0.05 ms
 # int8 student decides it: each split adds an op with a fixed cost of ~1-2 us, so splitting the narrow

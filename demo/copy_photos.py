@@ -1,4 +1,4 @@
-"""Copy the bundled photos (demo/photos.py) into one folder: the input of the README's ImageNet example.
+"""Copy the bundled photos (distillery/sample_photos.py) into one folder: the input of the README's ImageNet example.
 
     .venv/bin/python -m demo.copy_photos --output_dir=runs/photos/images
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 
-from demo import photos
+from distillery import sample_photos as photos
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/photos/images", "Folder to copy the photos into.")
 

@@ -1,6 +1,6 @@
 """The demo's goals, read from the benchmark's report.json, and their section of report.md.
 
-Goals (issue 7): the distilled student >= the hard-label student + 1 point of top-1; adding unlabeled
+Goals: the distilled student >= the hard-label student + 1 point of top-1; adding unlabeled
 data >= the distilled student; int8 within 1 point of float; the factorized int8 student >= 16% faster
 than the unfactorized int8 one, within 1 point of top-1.
 

@@ -22,15 +22,16 @@ Outputs: OUTPUT_DIR/report.md, report.json, PNG plots; every stage's inputs and 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
-import concurrent.futures
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from absl import app, flags, logging
 
@@ -67,7 +68,7 @@ class Command(NamedTuple):
     args: Sequence[str]
     label: str
     env: Mapping[str, str] | None = None
-    then: Sequence["Command"] = ()
+    then: Sequence[Command] = ()
 
 
 # TensorFlow's own thread-pool sizes, for commands that share the machine's cores: the student steps are

@@ -1,6 +1,6 @@
 """The demo's teacher: a bigger CNN trained on the labelled part of Fashion-MNIST with hard labels.
 
-It follows the teacher contract of DESIGN.md: RGB float32 pixels in 0..255 at 32x32 (the padded
+It follows the teacher contract of docs/design.md: RGB float32 pixels in 0..255 at 32x32 (the padded
 images), normalization inside the model, logits out. Training it is ordinary supervised learning
 (Keras fit on one device); distillation starts after it.
 

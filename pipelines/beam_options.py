@@ -12,7 +12,7 @@ arguments (distillery-benchmark MODEL.tflite ...) takes them up to the first arg
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def split_argv(leftover: Sequence[str], options_string: str | None) -> tuple[list[str], list[str]]:

@@ -17,7 +17,7 @@ through untouched; with no --runner the job runs in this process on Beam's FnApi
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 

@@ -44,7 +44,8 @@ import dataclasses
 import json
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -295,7 +296,7 @@ class KeepOnePerIdFn(beam.DoFn):
 def make_pipeline(beam_args: Sequence[str] = (), save_main_session: bool = False) -> beam.Pipeline:
     """A pipeline over `beam_args` (passed through untouched); no --runner = the in-process FnApiRunner.
 
-    DESIGN.md decision 4: DirectRunner first tries to download the Prism binary; FnApiRunner runs in
+    docs/decisions/004-fnapirunner-locally.md: DirectRunner first tries to download the Prism binary; FnApiRunner runs in
     this process (and, with --direct_num_workers=N --direct_running_mode=multi_processing, in N worker
     processes). --runner=DataflowRunner / PortableRunner / DirectRunner are honoured as given.
     """

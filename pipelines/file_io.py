@@ -1,4 +1,4 @@
-"""File access for local paths and gs:// through Beam's FileSystems (DESIGN.md decision 5).
+"""File access for local paths and gs:// through Beam's FileSystems (docs/decisions/005-gcs-and-its-emulator.md).
 
 The same calls work on a laptop and on a cluster worker: `match_files` lists a glob pattern
 (`*` stays within one path segment, `**` crosses segments), `read_bytes` reads a whole file,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Iterator, Sequence, TextIO
+from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 from absl import app, flags
 

@@ -29,12 +29,19 @@ import os
 import time
 import urllib.error
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 from distillery import imagenet
 from pipelines import file_io
-from pipelines.sources import (ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError,
-                               chunk, split_locations)
+from pipelines.sources import (
+    ImageSource,
+    ReadFailure,
+    SourceExample,
+    SourceItem,
+    SourceSpecError,
+    chunk,
+    split_locations,
+)
 
 # Seconds before a URL fetch is abandoned (and becomes a ReadFailure).
 URL_TIMEOUT_SECONDS = 30.0

@@ -21,15 +21,15 @@ import dataclasses
 import functools
 import io
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
 from PIL import Image
 
 from pipelines import file_io
-from pipelines.sources import (ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError,
-                               split_locations)
+from pipelines.sources import ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError, split_locations
 
 _CRC_MASK_DELTA = 0xA282EAD8
 
@@ -181,7 +181,7 @@ def read_idx(path: str) -> np.ndarray:
         data = file_io.read_to_end(file)
     expected = int(np.prod(shape))
     if len(data) < expected:
-        raise IOError(f"{path}: truncated idx data ({len(data)} of {expected} bytes)")
+        raise OSError(f"{path}: truncated idx data ({len(data)} of {expected} bytes)")
     return np.frombuffer(data[:expected], np.uint8).reshape(shape)
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pipelines.sources import ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError
 

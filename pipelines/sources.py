@@ -30,7 +30,8 @@ import dataclasses
 import logging
 import re
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 SCHEMES = ("tfds", "folder", "glob", "openimages_csv", "tfrecord", "idx")
 # Work units per source: big enough that per-shard overhead is small, small enough to balance.

@@ -4,7 +4,7 @@ Why a DoFn with Beam's `Shared` handle and not RunInference:
 
 - RunInference's TensorFlow handlers (`apache_beam.ml.inference.tensorflow_inference`) import
   tensorflow_hub and load models with `tf.keras.models.load_model`, which cannot load a Keras 3
-  SavedModel (DESIGN.md decision 6); a custom ModelHandler would be needed in any case.
+  SavedModel (docs/decisions/006-tfds-and-no-runinference.md); a custom ModelHandler would be needed in any case.
 - Our unit of batching is the *view*, not the element: an image carries V views, a batch stacks the
   views of several images, and the logits are split back per image. With `BatchElements(
   element_size_fn=views)` in front of a DoFn that is explicit; RunInference batches elements and would
@@ -26,7 +26,8 @@ import dataclasses
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np

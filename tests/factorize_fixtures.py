@@ -7,8 +7,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from distillery import records
-from distillery import views
+from distillery import records, views
 
 
 def tiny_model(seed: int = 0) -> keras.Model:

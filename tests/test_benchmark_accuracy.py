@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import io
 
+import apache_beam as beam
 import keras
 import numpy as np
 import pytest
-import apache_beam as beam
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from ai_edge_litert.interpreter import Interpreter
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from PIL import Image
 
-from benchmark import accuracy
-from benchmark import accuracy_pipeline
-from benchmark import tflite_model
+from benchmark import accuracy, accuracy_pipeline
 from compress import quantize
-from distillery import records
-from distillery import views
+from distillery import records, tflite_model, views
 
 SIDE, CLASSES, COUNT = 24, 10, 24
 

@@ -14,13 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark import accuracy
-from benchmark import latency
-from benchmark import op_profile
-from benchmark import report
-from benchmark import score
+from benchmark import accuracy, report, score
 from compress import quantize
-from distillery import records
+from distillery import latency, op_profile, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +72,7 @@ def test_model_entry_and_report_files(tmp_path):
 
 def test_report_to_a_remote_file_system_is_copied_there():
     """A gs:// report_dir is written locally and copied with tf.io.gfile; TF's ram:// stands in for GCS
-    here (tf.io.gfile's GCS endpoint cannot be pointed at an emulator, DESIGN.md decision 5)."""
+    here (tf.io.gfile's GCS endpoint cannot be pointed at an emulator, docs/decisions/005-gcs-and-its-emulator.md)."""
     import tensorflow as tf
 
     counts = accuracy.EvalCounts(images=10, labelled=10, top1_correct=7, top5_correct=9, teacher_agree=8,

@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from trainer_fixtures import free_ports
 
 from cluster import render, tf_config
-from trainer_fixtures import free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

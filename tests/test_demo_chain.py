@@ -100,7 +100,7 @@ def test_students_factorized_and_tflite_models_exist_and_parse(demo_dir):
     phases = factorize_report["finetune"]["phases"]
     assert len(phases) == len(factorize_report["layers"]) + 1  # one per layer, then the joint phase
     assert phases[-1]["steps"] == demo_config.TINY.factorize_final_steps
-    from benchmark import tflite_model  # pylint: disable=import-outside-toplevel
+    from distillery import tflite_model  # pylint: disable=import-outside-toplevel
 
     tflite_dir = os.path.join(output_dir, "tflite")
     names = sorted(os.listdir(tflite_dir))

@@ -126,8 +126,10 @@ def test_demo_config_takes_exactly_one_rank_selection():
 
 
 def test_full_preset_ranks_are_an_eighth_of_the_wide_1x1_convolutions():
-    from compress import factorize  # pylint: disable=import-outside-toplevel
-    from compress import factorize_job  # pylint: disable=import-outside-toplevel
+    from compress import (
+        factorize,  # pylint: disable=import-outside-toplevel
+        factorize_job,  # pylint: disable=import-outside-toplevel
+    )
     from demo import config as demo_config  # pylint: disable=import-outside-toplevel
     from trainer import students  # pylint: disable=import-outside-toplevel
 

@@ -9,10 +9,20 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from extract_fixtures import (
+    LOADS,
+    NUM_CLASSES,
+    RAISE,
+    FakeTeacher,
+    ListSource,
+    encode,
+    expected_logits,
+    good_items,
+    load_fake_teacher,
+    photo,
+)
 
 from distillery import images, records
-from extract_fixtures import (RAISE, INPUT_SIZE, LOADS, NUM_CLASSES, FakeTeacher, ListSource, encode, expected_logits,
-                              good_items, load_fake_teacher, photo)
 from pipelines import extraction
 
 

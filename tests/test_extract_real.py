@@ -23,11 +23,11 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo
 from PIL import Image
 
 from distillery import images, records, views
 from pipelines import extraction
-from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Photos that are files inside the scikit-image wheel (others download on first use: not used).
@@ -61,6 +61,7 @@ def _config(tmp_path, source, **overrides):
 
 def test_builtin_teacher_top1_equals_a_direct_call_on_the_same_view(tmp_path):
     import skimage
+
     from distillery import teachers
 
     data_dir = os.path.join(os.path.dirname(skimage.__file__), "data")
@@ -168,6 +169,7 @@ def test_bad_inputs_become_dead_letters_and_nothing_is_lost(tmp_path):
 
 def test_tfds_mock_data_imagenet2012_and_open_images_v4(tmp_path):
     import tensorflow_datasets as tfds
+
     from pipelines import sources
 
     for name, split in (("imagenet2012", "validation"), ("open_images_v4", "train")):

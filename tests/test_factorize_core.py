@@ -3,10 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from factorize_fixtures import images, tiny_model
 
 from compress import factorize
-from factorize_fixtures import images
-from factorize_fixtures import tiny_model
 
 
 def test_finds_the_1x1_convolutions_and_the_dense_layer_with_their_sizes():

@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
+from factorize_fixtures import tiny_model, write_tiny_records
 
-from compress import factorize
-from compress import finetune
-from factorize_fixtures import tiny_model
-from factorize_fixtures import write_tiny_records
+from compress import factorize, finetune
 
 
 @pytest.fixture(scope="module")

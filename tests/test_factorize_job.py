@@ -8,13 +8,9 @@ import sys
 
 import keras
 import pytest
+from factorize_fixtures import tiny_model, write_tiny_records
 
-from compress import factorize
-from compress import factorize_job
-from compress import finetune
-from compress import rank_selection
-from factorize_fixtures import tiny_model
-from factorize_fixtures import write_tiny_records
+from compress import factorize, factorize_job, finetune, rank_selection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

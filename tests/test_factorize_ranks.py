@@ -3,10 +3,9 @@
 import keras
 import numpy as np
 import pytest
-
-from compress import factorize
-from compress import rank_selection
 from factorize_fixtures import tiny_model
+
+from compress import factorize, rank_selection
 
 
 def test_rank_for_energy_by_hand():

@@ -1,14 +1,11 @@
 """The factorized model converts to int8 TFLite, runs, and its ops map back to the Keras layers."""
 
 import numpy as np
+from factorize_fixtures import images, tiny_model
 from tensorflow.lite.tools import flatbuffer_utils
 
-from benchmark import tflite_model
-from compress import factorize
-from compress import quantize
-from compress import rank_selection
-from factorize_fixtures import images
-from factorize_fixtures import tiny_model
+from compress import factorize, quantize, rank_selection
+from distillery import tflite_model
 
 
 def _op_types(model_content):

@@ -6,7 +6,6 @@ are compared with a direct call of the model.
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 import pytest

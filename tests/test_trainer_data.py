@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 import trainer_fixtures as fixtures
+
 from distillery import records, views
 from trainer import data
 

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 import trainer_fixtures as fixtures
 
 HELPER = os.path.join(os.path.dirname(__file__), "trainer_subprocess_main.py")

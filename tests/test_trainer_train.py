@@ -11,10 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import trainer_fixtures as fixtures
+
 from distillery import records, teachers
 from trainer import data, loop, losses, students
+from trainer.train_config import TrainConfig
 
 HELPER = os.path.join(os.path.dirname(__file__), "trainer_subprocess_main.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def _config(train_glob, model_dir, **overrides):
                   batch_size=4, steps=4, learning_rate=0.1, checkpoint_every=0, log_every=2, temperature=TEMPERATURE,
                   shuffle_buffer=16)
     values.update(overrides)
-    return loop.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 def test_full_logit_records_give_the_online_teachers_gradients(teacher_model, full_logit_glob):

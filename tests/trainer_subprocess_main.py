@@ -27,6 +27,7 @@ def main(argv):
             tf.config.list_physical_devices("CPU")[0],
             [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     from trainer import loop  # pylint: disable=import-outside-toplevel (after the device split)
+    from trainer.train_config import TrainConfig  # pylint: disable=import-outside-toplevel
 
     logging.set_verbosity(logging.INFO)
     sleep = request.get("sleep", 0.0)
@@ -37,7 +38,7 @@ def main(argv):
             time.sleep(sleep)
 
     def run(strategy, **overrides):
-        config = loop.TrainConfig(**{**request["config"], **overrides})
+        config = TrainConfig(**{**request["config"], **overrides})
         student, summary = loop.train_student(config, strategy, after_step=after_step)
         return [np.asarray(w) for w in student.get_weights()], summary
 

@@ -20,7 +20,7 @@ temperature=2.0)))[1]['teacher_probabilities'].shape)"
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -1,6 +1,6 @@
 """The distillation loop: our own tf.distribute loop (strategy.run in a tf.function), not Keras fit.
 
-Keras 3 `fit` fails under MultiWorkerMirroredStrategy in TF 2.21 (DESIGN.md decision 1), so the train
+Keras 3 `fit` fails under MultiWorkerMirroredStrategy in TF 2.21 (docs/decisions/001-own-distribution-loop.md), so the train
 step is written for one replica (tensorflow/models base_task style): per-example losses from
 `trainer.losses.distillation_loss`, summed and divided by the *global* batch size; the Keras optimizer
 all-reduces (sums) the replicas' gradients, so N replicas take the same step as one replica with the
@@ -14,8 +14,8 @@ Outputs in `model_dir`: `student.keras`, `saved_model/`, `summary.json`, TensorB
 `logs/`, checkpoints under `checkpoints/` (see trainer/checkpointing.py), and a log line per interval
 with images/s.
 
-    python -c "from trainer import loop; print(loop.train(loop.TrainConfig(train_pattern='records-*', \
-model_dir='/tmp/run', student='mobilenet_v1', width=0.25, image_size=128, steps=100)))"
+    python -c "from trainer import loop, train_config; print(loop.train(train_config.TrainConfig( \
+train_pattern='records-*', model_dir='/tmp/run', student='mobilenet_v1', width=0.25, image_size=128, steps=100)))"
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -34,62 +34,13 @@ from tensorflow.core.framework import summary_pb2
 
 from distillery import records
 from trainer import checkpointing, data, losses, students
+from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
-OPTIMIZERS = ("sgd", "adam")
 
 
 class TrainInputError(ValueError):
     """Input the trainer refuses before training starts; the message names the flag and the file."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs (the entry point's flags map one to one onto these fields).
-
-    Attributes:
-      train_pattern: glob(s) of soft-label record files to train on.
-      model_dir: output directory (also where checkpoints are resumed from).
-      student: a name from `trainer.students.STUDENTS`.
-      width: the student's width multiplier.
-      image_size: the student's input side S.
-      eval_pattern: glob(s) of labeled records for the final top-1/top-5 (None: no evaluation).
-      teacher: a teacher spec for online distillation (None: offline, from the records).
-      num_classes: expected C; None takes the records'. A mismatch anywhere is an error.
-      batch_size: the global batch size (split over all replicas of all workers).
-      steps: planned number of optimizer steps.
-      learning_rate: peak learning rate (cosine decay to 0 over `steps`).
-      optimizer: 'sgd' (momentum 0.9, Nesterov) or 'adam'.
-      alpha: weight of the hard-label cross-entropy term.
-      temperature: distillation temperature T.
-      checkpoint_every: checkpoint interval in steps (0: only at the end).
-      log_every: log line and TensorBoard scalars interval in steps.
-      max_checkpoints: checkpoints kept.
-      seed: fixes initialization, shuffling and view choices.
-      shuffle_buffer: records in the shuffle buffer.
-      eval_batch_size: batch size of the final evaluation.
-    """
-
-    train_pattern: str
-    model_dir: str
-    student: str = "mobilenet_v1"
-    width: float = 1.0
-    image_size: int = 224
-    eval_pattern: str | None = None
-    teacher: str | None = None
-    num_classes: int | None = None
-    batch_size: int = 64
-    steps: int = 1000
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
-    alpha: float = 0.5
-    temperature: float = 4.0
-    checkpoint_every: int = 500
-    log_every: int = 100
-    max_checkpoints: int = 3
-    seed: int = 0
-    shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER
-    eval_batch_size: int = 100
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

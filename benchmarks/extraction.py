@@ -13,8 +13,8 @@ Images/s count the whole run after the model is loaded (pipeline start to finish
 return), graph tracing included for both. The images are made once from the photos that ship in the
 scikit-image wheel (random crops, flips and sizes around ImageNet's average) and cached.
 
-    python -m benchmark.perf.extraction                   # 1000 and 2000 images (20 minutes on 2 cores)
-    python -m benchmark.perf.extraction --quick           # 32 and 64 images: a smoke run
+    python -m benchmarks.extraction                   # 1000 and 2000 images (20 minutes on 2 cores)
+    python -m benchmarks.extraction --quick           # 32 and 64 images: a smoke run
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -44,7 +44,7 @@ IMAGE_SIZE = 224
 
 def make_images(directory: str, count: int, seed: int = 0) -> list[str]:
     """`count` JPEGs (random crops/flips of the bundled photos, 300-500 px sides), made once and cached."""
-    from demo import photos  # pylint: disable=import-outside-toplevel
+    from distillery import sample_photos as photos  # pylint: disable=import-outside-toplevel
 
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, f"img_{index:06d}.jpg") for index in range(count)]
@@ -115,7 +115,7 @@ def benchmark(counts: Sequence[int], cache_dir: str, batch_size: int) -> list[di
     results = []
     for count in counts:
         for kind in ("plain", "beam"):
-            command = [sys.executable, "-m", "benchmark.perf.extraction", f"--child={kind}", f"--count={count}",
+            command = [sys.executable, "-m", "benchmarks.extraction", f"--child={kind}", f"--count={count}",
                        f"--cache_dir={cache_dir}", f"--batch_size={batch_size}"]
             completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

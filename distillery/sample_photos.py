@@ -1,7 +1,7 @@
 """Real photos that ship inside installed wheels (scikit-image, scikit-learn, matplotlib), offline.
 
 They are the inputs of the README's ImageNet example, of the built-in teacher's tests and of the
-speed benchmarks (DESIGN.md decision 7: nothing is downloaded; the scikit-image photos that download on
+speed benchmarks (docs/decisions/007-offline-teacher-and-data.md: nothing is downloaded; the scikit-image photos that download on
 first use are not listed).
 
     .venv/bin/python -m demo.copy_photos --output_dir=runs/photos/images   # copies them into one folder

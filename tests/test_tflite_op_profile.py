@@ -1,4 +1,4 @@
-"""benchmark.op_profile: single-op slices compute what the whole model computes, and their times add up.
+"""distillery.op_profile: single-op slices compute what the whole model computes, and their times add up.
 
 A small MobileNet-like student (96x96 input, depthwise-separable blocks) is converted to float32 and
 int8; every op is sliced out, run on the whole model's own intermediate tensors and compared with
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from benchmark import op_profile
-from benchmark import tflite_model
 from compress import quantize
+from distillery import op_profile, tflite_model
 
 SIDE = 96
 
@@ -79,7 +78,7 @@ def test_slices_reproduce_the_whole_model(models, mode):
 def test_per_op_sum_is_within_15_percent_of_the_whole_model(models, mode):
     # Medians of 100 runs per single-op model; the whole model is timed before and after the slices.
     # The machine is shared, so one retry is allowed before the +-15% bound fails the test.
-    for attempt in range(2):
+    for _attempt in range(2):
         profile = op_profile.profile_ops(models[mode], num_threads=1, warmup=10, runs=100)
         if 0.85 <= profile.sum_ratio <= 1.15:
             break

@@ -1,4 +1,4 @@
-"""benchmark.latency: statistics from a fake clock (no sleeping), warm-up handling, CPU pinning."""
+"""distillery.latency: statistics from a fake clock (no sleeping), warm-up handling, CPU pinning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmark import latency
+from distillery import latency
 
 
 class FakeClock:

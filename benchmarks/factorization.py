@@ -1,6 +1,6 @@
 """Benchmark: SVD factorization of a MobileNet student on Fashion-MNIST, layerwise vs oneshot fine-tuning.
 
-The goal of issue 5: >= 16% lower single-thread int8 latency than the unfactorized student with <= 1.0
+The goal: >= 16% lower single-thread int8 latency than the unfactorized student with <= 1.0
 point of top-1 lost after fine-tuning (the LPIRC 2018 seed team got 16% for 3.7 points).
 
 What it does, all offline and in one process:
@@ -19,13 +19,13 @@ What it does, all offline and in one process:
    fine-tunes the unfactorized student the same way (oneshot, same steps), so accuracy that only comes
    from training longer is not credited to factorization.
 6. Every model converted to int8 (compress.quantize, calibrated on training views), its single-thread
-   latency measured with benchmark.latency (interleaved rounds; the speed-up is the median over rounds
+   latency measured with distillery.latency (interleaved rounds; the speed-up is the median over rounds
    of the model/student ratio within a round, because the machine is shared and its load drifts) and
-   its int8 top-1 on the 10k test images (benchmark.tflite_model.Classifier). The .tflite files stay in
+   its int8 top-1 on the 10k test images (distillery.tflite_model.Classifier). The .tflite files stay in
    --work_dir; `--latency_only` re-measures them later, `--control_only` runs just the control row.
 
-    python -m benchmark.perf.factorization --work_dir=/tmp/factorization_bench           # ~20-30 min on 2 cores
-    python -m benchmark.perf.factorization --work_dir=/tmp/factorization_quick --quick   # smoke run, minutes
+    python -m benchmarks.factorization --work_dir=/tmp/factorization_bench           # ~20-30 min on 2 cores
+    python -m benchmarks.factorization --work_dir=/tmp/factorization_quick --quick   # smoke run, minutes
 """
 
 from __future__ import annotations
@@ -41,17 +41,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmark import latency
-from benchmark import tflite_model
-from compress import factorize
-from compress import factorize_job
-from compress import finetune
-from compress import quantize
-from distillery import records
-from distillery import views
+from compress import factorize, factorize_job, finetune, quantize
+from distillery import latency, records, tflite_model, views
 from pipelines import source_records
-from trainer import loop
-from trainer import students
+from trainer import loop, students
+from trainer.train_config import TrainConfig
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IMAGE_SIZE = 32
@@ -218,7 +212,7 @@ def main(argv: list[str]) -> None:
 
     student_path = _STUDENT.value or os.path.join(work, "student", "student.keras")
     if not os.path.exists(student_path):
-        config = loop.TrainConfig(train_pattern=train_glob, model_dir=os.path.join(work, "student"),
+        config = TrainConfig(train_pattern=train_glob, model_dir=os.path.join(work, "student"),
                                   student="mobilenet_v1", width=width, image_size=IMAGE_SIZE, steps=student_steps,
                                   batch_size=64, learning_rate=2e-3, optimizer="adam", alpha=0.5, temperature=4.0,
                                   log_every=max(student_steps // 10, 1), checkpoint_every=0)

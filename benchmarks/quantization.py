@@ -1,6 +1,6 @@
 """Benchmark: int8 vs float32 single-thread latency of MobileNet V1 1.0/224, plain converter vs distillery-quantize.
 
-The goal of issue 6: `distillery-quantize --mode=int8` makes MobileNet V1 1.0/224 at least as much faster
+The goal: `distillery-quantize --mode=int8` makes MobileNet V1 1.0/224 at least as much faster
 than float32 on one thread as a plain TFLiteConverter conversion does on the same CPU (measured when the
 issue was written: 5.45 ms -> 1.88 ms, 2.9x; the Pixel 2 anchor of the seed team: 160 ms -> 70 ms, 2.3x).
 
@@ -13,7 +13,7 @@ What it does, in one process, offline:
 3. Distillery: `compress.quantize.convert` in float32 and int8 (batch 1, uint8 raw pixels in and out; and
    int8 in and out, which drops the uint8 -> int8 QUANTIZE op that XNNPACK does not run).
    Calibration: photos that ship in scikit-image, resized and cropped (random pixels with --quick).
-4. All five models timed with `benchmark.latency` on one thread, in interleaved rounds (the machine is
+4. All five models timed with `distillery.latency` on one thread, in interleaved rounds (the machine is
    shared): each round times every model once; the lowest median per model over the rounds is kept.
 
 Part 2 (--student_accuracy): the top-1 an int8 conversion costs a trained student. A trainer student
@@ -24,9 +24,9 @@ logits as the "teacher", so teacher agreement = agreement with the float Keras m
 `compress.quantize` (int8 calibrated on 200 training-image records) and evaluated with
 `benchmark.accuracy` exactly as `distillery-benchmark --eval` does.
 
-    python -m benchmark.perf.quantization            # ~3-5 min on 2 cores
-    python -m benchmark.perf.quantization --quick    # smoke run: 128x128, alpha 0.25, few runs
-    python -m benchmark.perf.quantization --student_accuracy --nolatency --work_dir=/tmp/qa   # ~10 min
+    python -m benchmarks.quantization            # ~3-5 min on 2 cores
+    python -m benchmarks.quantization --quick    # smoke run: 128x128, alpha 0.25, few runs
+    python -m benchmarks.quantization --student_accuracy --nolatency --work_dir=/tmp/qa   # ~10 min
 
 (A mobilenet_v1 0.5/32 student trained the same way for 3 epochs on 12k images predicted one class for
 every test image in inference mode, float and int8 alike, so it measures nothing: small_cnn is the default.)
@@ -41,11 +41,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from benchmark import latency
 from compress import quantize
+from distillery import latency
 
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: small network, few runs.")
 _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs per model per round.")
@@ -70,7 +69,7 @@ def photo_batch(count: int, side: int, quick: bool) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     if quick:
         return [rng.uniform(0, 255, (1, side, side, 3)).astype(np.float32) for _ in range(count)]
-    from demo import photos as bundled  # pylint: disable=import-outside-toplevel
+    from distillery import sample_photos as bundled  # pylint: disable=import-outside-toplevel
 
     photos = list(bundled.load_photos().values())
     batch = []

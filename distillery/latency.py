@@ -5,7 +5,7 @@ are not counted, then N timed `invoke` calls; min, median and p90 are reported (
 headline: a shared machine adds noise on top, never below). The timing code takes a clock, so its
 statistics are unit-tested with a fake clock; optional CPU pinning keeps the process on one core.
 
-    python -m benchmark.latency /tmp/student_int8.tflite --runs=200 --cpu=0
+    python -m distillery.latency /tmp/student_int8.tflite --runs=200 --cpu=0
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from benchmark import tflite_model
+from distillery import tflite_model
 
 Clock = Callable[[], float]
 
@@ -45,7 +45,7 @@ class LatencyStats:
     samples_ms: tuple[float, ...] = dataclasses.field(repr=False, default=())
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
         if not samples_ms:
             raise ValueError("no timed runs")
         values = np.asarray(samples_ms, np.float64)
@@ -139,7 +139,7 @@ def model_latency(path: str, num_threads: int = 1, warmup: int = 10, runs: int =
 
 
 def main(argv: Sequence[str]) -> None:
-    """Tiny command line for one model: `python -m benchmark.latency MODEL [--runs=N] [--cpu=N]`."""
+    """Tiny command line for one model: `python -m distillery.latency MODEL [--runs=N] [--cpu=N]`."""
     options = dict(arg[2:].split("=", 1) for arg in argv[1:] if arg.startswith("--") and "=" in arg)
     paths = [arg for arg in argv[1:] if not arg.startswith("--")]
     for path in paths:

@@ -1,6 +1,6 @@
 """Benchmark: offline distillation from records vs online distillation with the teacher in the loop.
 
-Issue 4's goal: offline distillation (teacher soft labels read from records) runs >= 3x the steps/s of
+The goal: offline distillation (teacher soft labels read from records) runs >= 3x the steps/s of
 online distillation (builtin:mobilenet_v2_imagenet run inside every step) for a MobileNet V1 0.25/128
 student, on this machine. Also measured: the input pipeline alone and the train step alone, to show
 which one bounds each mode.
@@ -19,8 +19,8 @@ What it does, in one process and on the same data:
 
 The machine is shared with other jobs: numbers are noisy (see the load average printed with them).
 
-    python -m benchmark.perf.training --work_dir=/tmp/training_bench --steps=30  # ~15 min on 2 busy cores (records cached in work_dir)
-    python -m benchmark.perf.training --work_dir=/tmp/training_quick --quick  # smoke run
+    python -m benchmarks.training --work_dir=/tmp/training_bench --steps=30  # ~15 min on 2 cores
+    python -m benchmarks.training --work_dir=/tmp/training_quick --quick  # smoke run
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from absl import app, flags, logging
 
 from distillery import images, records, views
 from trainer import data, loop
+from trainer.train_config import TrainConfig
 
 TEACHER_SPEC = "builtin:mobilenet_v2_imagenet"
 
@@ -58,7 +59,7 @@ def log(line: str) -> None:
 
 def source_photos(count: int, side: int = 256, seed: int = 0) -> list[bytes]:
     """JPEG bytes of `count` random crops of the bundled photos, sides between `side` and 1.25 x `side`."""
-    from demo import photos  # pylint: disable=import-outside-toplevel
+    from distillery import sample_photos as photos  # pylint: disable=import-outside-toplevel
 
     return photos.jittered_jpegs(count, seed, min_side=side, max_side=int(side * 1.25))
 
@@ -99,7 +100,7 @@ def input_pipeline_rate(pattern: str, image_size: int, batch_size: int, steps: i
     return steps / (time.perf_counter() - start)
 
 
-def train_step_rate(pattern: str, config: loop.TrainConfig, teacher, steps: int) -> float:
+def train_step_rate(pattern: str, config: TrainConfig, teacher, steps: int) -> float:
     """Steps/s of the train step alone, on one cached batch (after one warm-up step)."""
     import keras  # pylint: disable=import-outside-toplevel
 
@@ -138,8 +139,8 @@ def main(argv: list[str]) -> None:
         log(f"writing records: {count} photos x {_VIEWS.value} views, top-{_TOP_K.value}, teacher {TEACHER_SPEC}")
         pattern = write_benchmark_records(os.path.join(work_dir, "records"), teacher, count, _VIEWS.value, _TOP_K.value)
 
-    def config(mode: str, **overrides) -> loop.TrainConfig:
-        return loop.TrainConfig(train_pattern=pattern, model_dir=os.path.join(work_dir, f"run-{mode}"),
+    def config(mode: str, **overrides) -> TrainConfig:
+        return TrainConfig(train_pattern=pattern, model_dir=os.path.join(work_dir, f"run-{mode}"),
                                 student=_STUDENT.value, width=_WIDTH.value, image_size=_IMAGE_SIZE.value,
                                 batch_size=batch_size, steps=steps, checkpoint_every=0,
                                 log_every=max(1, steps // 4), alpha=0.0, temperature=2.0, **overrides)

@@ -1,8 +1,8 @@
-"""Per-op latency of a .tflite model without recompiling anything (DESIGN.md decision 3).
+"""Per-op latency of a .tflite model without recompiling anything (docs/decisions/003-per-op-profile-by-slicing.md).
 
 The model's flatbuffer is sliced into single-op models: each keeps one operator, its input tensors
 (constant tensors keep their buffers, activations become the model's inputs) and its outputs. Each is
-timed with the same latency code as the whole model (`benchmark.latency`), on random inputs of the
+timed with the same latency code as the whole model (`distillery.latency`), on random inputs of the
 right type and shape. The table gives op index, type (builtin op name), output shape, ms and share;
 ops are grouped by layer through their output tensor names, which keep the Keras name scope through
 conversion ("functional_1/conv_dw_3_1/depthwise" -> layer "conv_dw_3"). The sum of the ops is reported
@@ -12,22 +12,20 @@ measured on a trivial one-op model and subtracted from every op, and added once 
 students (0.05 ms, 30 ops) it would otherwise double the sum. On the models tested the sum lands within
 +-15% of the whole model (slices also run without their neighbours' cache warmth).
 
-    python -m benchmark.op_profile /tmp/student_int8.tflite
+    python -m distillery.op_profile /tmp/student_int8.tflite
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import dataclasses
+import re
 import sys
 import time
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
-
-from benchmark import latency
-from benchmark import tflite_model
+from distillery import latency, tflite_model
 
 # Ops that call other subgraphs cannot stand alone in a one-subgraph model.
 _SUBGRAPH_OPS = frozenset({"WHILE", "IF", "CALL_ONCE", "CALL", "STABLEHLO_COMPOSITE"})
@@ -280,7 +278,7 @@ def format_table(profile: OpProfile, by_layer: bool = True) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    """`python -m benchmark.op_profile MODEL.tflite [--runs=N] [--num_threads=N]`."""
+    """`python -m distillery.op_profile MODEL.tflite [--runs=N] [--num_threads=N]`."""
     options = dict(arg[2:].split("=", 1) for arg in argv[1:] if arg.startswith("--") and "=" in arg)
     for path in [arg for arg in argv[1:] if not arg.startswith("--")]:
         profile = profile_ops(tflite_model.read_tflite(path), int(options.get("num_threads", 1)),

@@ -1,4 +1,4 @@
-"""Reading a .tflite file safely and running it through ai-edge-litert (DESIGN.md decision 2).
+"""Reading a .tflite file safely and running it through ai-edge-litert (docs/decisions/002-litert-for-tflite.md).
 
 A corrupt or non-TFLite file must fail with an error that names it, before the interpreter gets a
 chance to crash on it: `read_tflite` checks the flatbuffer identifier ("TFL3") and parses the model
@@ -6,7 +6,7 @@ with the schema module first. `Classifier` wraps one interpreter for an image cl
 fixed batch of 1; it quantizes float pixels into a uint8/int8 input with the model's own scale and
 zero point, and dequantizes the scores.
 
-    python -c "from benchmark import tflite_model as t; c = t.Classifier.from_file('/tmp/student_int8.tflite'); \
+    python -c "from distillery import tflite_model as t; c = t.Classifier.from_file('/tmp/student_int8.tflite'); \
 print(c.input_shape, c.input_dtype, c.num_classes)"
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -111,11 +111,11 @@ class Classifier:
     name: str
 
     @classmethod
-    def from_file(cls, path: str, num_threads: int = 1) -> "Classifier":
+    def from_file(cls, path: str, num_threads: int = 1) -> Classifier:
         return cls.from_bytes(read_tflite(path), path, num_threads)
 
     @classmethod
-    def from_bytes(cls, model_content: bytes, name: str = "<bytes>", num_threads: int = 1) -> "Classifier":
+    def from_bytes(cls, model_content: bytes, name: str = "<bytes>", num_threads: int = 1) -> Classifier:
         parse_tflite(model_content, name)
         classifier = cls(make_interpreter(model_content, num_threads, name), name)
         classifier.check_signature()

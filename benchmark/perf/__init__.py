@@ -1,1 +1,0 @@
-"""Performance benchmarks of the jobs (each a runnable module with a --quick smoke flag)."""

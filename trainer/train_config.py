@@ -1,0 +1,41 @@
+"""The settings of one training run: each field is also a `distillery-train` flag (distillery/cli.py).
+
+    python -c "from trainer.train_config import TrainConfig; help(TrainConfig)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distillery.cli import option
+from trainer import data, students
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; the field's help text is its flag's."""
+
+    train_pattern: str = option(flag="train", help="Glob(s) of soft-label record files to train on (local or gs://).")
+    model_dir: str = option(help="Output directory; a rerun resumes from its checkpoints.")
+    student: str = option("mobilenet_v1", choices=students.STUDENTS, help="Student architecture.")
+    width: float = option(1.0, help="Width multiplier (alpha).")
+    image_size: int = option(224, help="Student input side in pixels.")
+    eval_pattern: str | None = option(None, flag="eval", help="Glob(s) of labeled records for the final top-1/top-5.")
+    teacher: str | None = option(None, help="Online mode: a teacher spec (.keras, SavedModel dir, builtin:NAME) run "
+                                            "inside the step; default: offline, from the records.")
+    num_classes: int | None = option(None, help="Expected number of classes (default: the records'); "
+                                                "a mismatch anywhere is an error.")
+    batch_size: int = option(64, help="Global batch size (over all replicas and workers).")
+    steps: int = option(1000, help="Number of training steps.")
+    learning_rate: float = option(0.05, help="Peak learning rate (cosine decay to 0 over --steps).")
+    optimizer: str = option("sgd", choices=OPTIMIZERS, help="sgd (Nesterov momentum 0.9) or adam.")
+    alpha: float = option(0.5, help="Weight of the hard-label cross-entropy term.")
+    temperature: float = option(4.0, help="Distillation temperature T.")
+    checkpoint_every: int = option(500, help="Checkpoint interval in steps (0: at the end).")
+    log_every: int = option(100, help="Log line / TensorBoard interval in steps.")
+    max_checkpoints: int = option(3, help="Checkpoints kept.")
+    seed: int = option(0, help="Seed of initialization, shuffling and view choices.")
+    shuffle_buffer: int = option(data.DEFAULT_SHUFFLE_BUFFER, help="Records in the shuffle buffer.")
+    eval_batch_size: int = option(100, help="Batch size of the final evaluation.")
