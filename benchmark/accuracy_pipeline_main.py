@@ -13,6 +13,7 @@ import json
 from absl import app, flags
 
 from benchmark import accuracy_pipeline
+from distillery import cli
 from pipelines import beam_options
 
 _MODEL = flags.DEFINE_string("model", None, "The .tflite model (local or gs://).")
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
 
 
 def run_main() -> None:
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from distillery.cli import option
+
 EXTRACT_COMMAND = "distillery-extract"
 WORKER_POOL_ADDRESS = "localhost:50000"
 
@@ -33,30 +35,34 @@ class SubmitError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataflowSettings:
-    """What a Dataflow extraction job needs beyond the extraction flags."""
+    """What a Dataflow extraction job needs beyond the extraction flags; each field is a flag of
+    `distillery-submit dataflow`."""
 
-    project: str
-    region: str
-    temp_location: str
-    machine_type: str = "n1-standard-8"
-    num_workers: int = 1
-    max_num_workers: int = 100
-    sdk_container_image: str | None = None
-    setup_file: str | None = None
-    gpu_type: str | None = None
-    gpu_count: int = 1
-    job_name: str | None = None
-    service_account_email: str | None = None
+    project: str | None = option(None, help="Google Cloud project (dataflow).")
+    region: str | None = option(None, help="Dataflow region, e.g. us-central1.")
+    temp_location: str | None = option(None, help="gs:// folder for Dataflow's temporary files.")
+    machine_type: str = option("n1-standard-8", help="Worker machine type (N1 for T4 GPUs).")
+    num_workers: int = option(1, help="Initial number of Dataflow workers.")
+    max_num_workers: int = option(100, help="Autoscaling ceiling.")
+    sdk_container_image: str | None = option(None, help="The Distillery image, beam-sdk target.")
+    setup_file: str | None = option(None, help="setup.py to stage instead of a container image.")
+    gpu_type: str | None = option(None, help="GPU for the teacher, e.g. nvidia-tesla-t4 (none: CPU).")
+    gpu_count: int = option(1, help="GPUs per worker with --gpu_type.")
+    job_name: str | None = option(None, help="Dataflow job name.")
+    service_account_email: str | None = option(None, help="Worker service account.")
 
 
 @dataclasses.dataclass(frozen=True)
 class FlinkSettings:
-    """Where the Beam job server listens (a Service in the cluster, or a port-forward)."""
+    """Where the Beam job server listens (a port-forward by default, or its Service inside the cluster);
+    each field but environment_config is a flag of `distillery-submit flink`."""
 
-    job_endpoint: str = "distillery-beam-job-server:8099"
-    artifact_endpoint: str | None = None
+    job_endpoint: str = option("localhost:8099", help="Beam job server (kubectl port-forward "
+                               "svc/distillery-beam-job-server 8099 8098), or distillery-beam-job-server:8099 "
+                               "inside the cluster.")
+    artifact_endpoint: str | None = option("localhost:8098", help="Beam artifact service.")
+    parallelism: int | None = option(None, help="Flink parallelism (default: the session's).")
     environment_config: str = WORKER_POOL_ADDRESS
-    parallelism: int | None = None
 
 
 def split_extract_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -85,7 +91,7 @@ def dataflow_options(settings: DataflowSettings) -> list[str]:
     """
     if not settings.project or not settings.region:
         raise SubmitError("--project and --region are required for Dataflow")
-    if not settings.temp_location.startswith("gs://"):
+    if not (settings.temp_location or "").startswith("gs://"):
         raise SubmitError(f"--temp_location={settings.temp_location}: Dataflow needs a gs:// path")
     if not settings.sdk_container_image and not settings.setup_file:
         raise SubmitError("give --sdk_container_image (the Distillery image) or --setup_file "

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from cluster import beam_submit, render
+from distillery import cli
 
 _ACTIONS = ("render", "apply", "dataflow", "flink")
 
@@ -34,25 +35,9 @@ _JOB = flags.DEFINE_enum("job", "all", ("all",) + render.JOBS, "Which job's obje
 _SET = flags.DEFINE_multi_string("set", [], "NAME=VALUE parameters (cluster/render.py lists them).")
 _K8S_DIR = flags.DEFINE_string("k8s_dir", str(render.K8S_DIR), "The k8s/ folder of a Distillery checkout.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", True, "Only print what would be applied or run.")
-# Dataflow.
-_PROJECT = flags.DEFINE_string("project", None, "Google Cloud project (dataflow).")
-_REGION = flags.DEFINE_string("region", None, "Dataflow region, e.g. us-central1.")
-_TEMP_LOCATION = flags.DEFINE_string("temp_location", None, "gs:// folder for Dataflow's temporary files.")
-_MACHINE_TYPE = flags.DEFINE_string("machine_type", "n1-standard-8", "Worker machine type (N1 for T4 GPUs).")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Initial number of Dataflow workers.")
-_MAX_NUM_WORKERS = flags.DEFINE_integer("max_num_workers", 100, "Autoscaling ceiling.")
-_SDK_CONTAINER_IMAGE = flags.DEFINE_string("sdk_container_image", None, "The Distillery image, beam-sdk target.")
-_SETUP_FILE = flags.DEFINE_string("setup_file", None, "setup.py to stage instead of a container image.")
-_GPU_TYPE = flags.DEFINE_string("gpu_type", None, "GPU for the teacher, e.g. nvidia-tesla-t4 (none: CPU).")
-_GPU_COUNT = flags.DEFINE_integer("gpu_count", 1, "GPUs per worker with --gpu_type.")
-_JOB_NAME = flags.DEFINE_string("job_name", None, "Dataflow job name.")
-_SERVICE_ACCOUNT_EMAIL = flags.DEFINE_string("service_account_email", None, "Worker service account.")
-# Flink.
-_JOB_ENDPOINT = flags.DEFINE_string("job_endpoint", "localhost:8099",
-                                    "Beam job server (e.g. `kubectl port-forward svc/distillery-beam-job-server "
-                                    "8099 8098`).")
-_ARTIFACT_ENDPOINT = flags.DEFINE_string("artifact_endpoint", "localhost:8098", "Beam artifact service.")
-_PARALLELISM = flags.DEFINE_integer("parallelism", None, "Flink parallelism (default: the session's).")
+# dataflow and flink: the fields of their settings.
+cli.define_flags(beam_submit.DataflowSettings)
+cli.define_flags(beam_submit.FlinkSettings)
 
 
 def _render_yaml() -> str:
@@ -96,23 +81,16 @@ def main(argv: Sequence[str]) -> None:
             return
         extract_flags, user_options = beam_submit.split_extract_argv(rest)
         if action == "dataflow":
-            runner_options = beam_submit.dataflow_options(beam_submit.DataflowSettings(
-                project=_PROJECT.value, region=_REGION.value, temp_location=_TEMP_LOCATION.value or "",
-                machine_type=_MACHINE_TYPE.value, num_workers=_NUM_WORKERS.value,
-                max_num_workers=_MAX_NUM_WORKERS.value, sdk_container_image=_SDK_CONTAINER_IMAGE.value,
-                setup_file=_SETUP_FILE.value, gpu_type=_GPU_TYPE.value, gpu_count=_GPU_COUNT.value,
-                job_name=_JOB_NAME.value, service_account_email=_SERVICE_ACCOUNT_EMAIL.value))
+            runner_options = beam_submit.dataflow_options(cli.from_flags(beam_submit.DataflowSettings))
         else:
-            runner_options = beam_submit.flink_options(beam_submit.FlinkSettings(
-                job_endpoint=_JOB_ENDPOINT.value, artifact_endpoint=_ARTIFACT_ENDPOINT.value,
-                parallelism=_PARALLELISM.value))
+            runner_options = beam_submit.flink_options(cli.from_flags(beam_submit.FlinkSettings))
         _run_or_print(beam_submit.extract_command(extract_flags, runner_options, user_options))
     except (render.RenderError, beam_submit.SubmitError) as error:
         raise app.UsageError(str(error)) from error
 
 
 def run_main() -> None:
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

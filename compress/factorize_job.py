@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from compress import factorize, finetune, rank_selection
 from distillery import records
+from distillery.cli import option
 
 DEFAULT_ENERGY = 0.9
 
@@ -43,41 +44,42 @@ class JobError(ValueError):
 
 @dataclasses.dataclass
 class JobConfig:
-    """Everything one run needs (the entry point's flags map one to one onto these fields).
+    """Everything one run needs; each field but `tuning` and `verify_latency` is a `distillery-factorize` flag.
 
-    Attributes:
-      model_path: the student (.keras file or SavedModel directory).
-      train_pattern: soft-label records to fine-tune on (and to calibrate the int8 profile with).
-      output_path: where the factorized model goes (.keras); the report goes to OUTPUT.report.json.
-      eval_pattern: labelled records for top-1 (None: no top-1 in the report).
-      energy, rank_ratio, target_latency_ms, latency_reduction, ranks: the rank selection; at most one
-        (default: energy 0.9). latency_reduction F is the budget (1 - F) x the measured int8 latency of the
-        student (a relative --target_latency_ms). ranks is an explicit {layer name: rank}.
-      include_dense: also factorize dense layers (the classifier).
-      tuning: fine-tuning settings (its train_pattern is set from train_pattern).
-      calibration_steps: int8 calibration images for the latency profile.
-      profile_runs: timed runs per op (and for the whole model) in the latency profile.
-      verify_latency: with a latency budget, measure the factorized int8 model after fine-tuning.
-      selection_rounds: with a latency budget, how many selections to build and time before fine-tuning
-        (each reselects with the per-op overhead the last one's measured miss implies; 0 = trust the
-        estimate).
+    The rank selection is at most one of energy, rank_ratio, target_latency_ms, latency_reduction and
+    ranks (default: energy 0.9). latency_reduction F is the budget (1 - F) x the measured int8 latency of
+    the student (a relative --target_latency_ms); ranks is an explicit {layer name: rank}. `tuning` holds
+    the fine-tuning settings (its train_pattern is set from train_pattern).
     """
 
-    model_path: str
-    train_pattern: str
-    output_path: str
-    eval_pattern: str | None = None
-    energy: float | None = None
-    rank_ratio: float | None = None
-    target_latency_ms: float | None = None
-    latency_reduction: float | None = None
-    ranks: dict[str, int] | None = None
-    include_dense: bool = True
+    model_path: str = option(flag="model", help="The student: a .keras file or a SavedModel directory.")
+    train_pattern: str = option(flag="train", help="Glob(s) of soft-label records for the distillation "
+                                                   "fine-tuning (and the int8 calibration of the latency profile).")
+    output_path: str = option(flag="output", help="The factorized model (.keras); the report goes to "
+                                                  "OUTPUT.report.json.")
+    eval_pattern: str | None = option(None, flag="eval", help="Glob(s) of labelled records for top-1 before/after.")
+    energy: float | None = option(None, help="Keep this fraction of each layer's squared singular values.")
+    rank_ratio: float | None = option(None, help="Rank = this fraction of min(Cin, Cout).")
+    target_latency_ms: float | None = option(None, help="Global budget: single-thread int8 latency to reach "
+                                                        "(greedy, per-op profile).")
+    latency_reduction: float | None = option(None, help="Relative budget: make the int8 student this fraction "
+                                                        "faster, e.g. 0.2 (= --target_latency_ms of 0.8 x its "
+                                                        "measured latency).")
+    ranks: dict[str, int] | None = option(None, parse=lambda text: parse_ranks(text), spell=lambda ranks: spell_ranks(ranks),
+                                          help="Explicit ranks, LAYER:RANK,LAYER:RANK (instead of a selection).")
+    include_dense: bool = option(True, help="Also factorize dense layers (the classifier).")
     tuning: finetune.FinetuneConfig | None = None
-    calibration_steps: int = 64
-    profile_runs: int = 30
-    verify_latency: bool = True
-    selection_rounds: int = 3
+    calibration_steps: int = option(64, help="int8 calibration images (latency budget).")
+    profile_runs: int = option(30, help="Timed runs per op (and for the whole model) in the latency profile.")
+    verify_latency: bool = True  # with a latency budget, measure the factorized int8 model after fine-tuning
+    selection_rounds: int = option(3, lower_bound=0, help="With a latency budget: selections built and timed "
+                                   "before fine-tuning, each reselecting with the per-op overhead the last one's "
+                                   "miss implies (0 = trust the MAC-based estimate).")
+
+
+def spell_ranks(ranks: dict[str, int]) -> str:
+    """{"conv_pw_1": 8, "conv_pw_2": 16} -> "conv_pw_1:8,conv_pw_2:16" (the inverse of parse_ranks)."""
+    return ",".join(f"{name}:{rank}" for name, rank in ranks.items())
 
 
 def parse_ranks(text: str) -> dict[str, int]:

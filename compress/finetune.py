@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from compress import factorize
+from distillery.cli import option
 from trainer import data, loop, train_config
 
 MODES = ("layerwise", "oneshot")
@@ -35,33 +36,21 @@ OPTIMIZERS = train_config.OPTIMIZERS
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    """How to fine-tune.
+    """How to fine-tune; each field but train_pattern is a `distillery-factorize` flag."""
 
-    Attributes:
-      train_pattern: glob(s) of soft-label records.
-      mode: "layerwise" or "oneshot".
-      steps: total optimizer steps (layerwise: split evenly over the factorized layers; 0 = no fine-tuning).
-      final_steps: layerwise only: steps of a last phase that fine-tunes every weight jointly.
-      batch_size: examples per step.
-      learning_rate: peak learning rate of each phase (cosine decay to 0).
-      optimizer: "adam" or "sgd" (momentum 0.9, Nesterov).
-      alpha: weight of the hard-label term of the distillation loss.
-      temperature: distillation temperature T.
-      seed: fixes the data order and the views.
-      log_every: steps between progress lines.
-    """
-
-    train_pattern: str
-    mode: str = "layerwise"
-    steps: int = 600
-    final_steps: int = 0
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    alpha: float = 0.5
-    temperature: float = 4.0
-    seed: int = 0
-    log_every: int = 100
+    train_pattern: str  # set from the job's --train
+    mode: str = option("layerwise", choices=MODES, help="layerwise: one layer at a time, others frozen (the seed "
+                                                       "procedure); oneshot: all, joint.")
+    steps: int = option(600, help="Total fine-tuning steps (layerwise: split over the layers; 0 = none).")
+    final_steps: int = option(0, help="Layerwise: steps of a last phase in which every weight trains jointly "
+                                      "(after the per-layer phases).")
+    batch_size: int = option(64, help="Fine-tuning batch size.")
+    learning_rate: float = option(1e-3, help="Peak learning rate of each phase (cosine decay to 0).")
+    optimizer: str = option("adam", choices=OPTIMIZERS, help="adam or sgd (Nesterov momentum 0.9).")
+    alpha: float = option(0.5, help="Weight of the hard-label cross-entropy term.")
+    temperature: float = option(4.0, help="Distillation temperature T.")
+    seed: int = option(0, help="Seed of the data order and view choices.")
+    log_every: int = option(100, help="Steps between progress lines.")
 
     def check(self) -> None:
         """Raises ValueError naming the flag of a bad value."""

@@ -9,8 +9,9 @@ import os
 import shutil
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
+from distillery import cli
 from distillery import sample_photos as photos
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/photos/images", "Folder to copy the photos into.")
@@ -26,4 +27,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

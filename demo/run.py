@@ -15,7 +15,7 @@ It reproduces at small scale the experiments of the LPIRC 2018 team this project
    profile, LPIRC score; then check the goals and append them to the report.
 
     make demo                                                   # = python -m demo.run --output_dir=runs/demo
-    .venv/bin/python -m demo.run --preset=tiny --output_dir=/tmp/demo-tiny
+    .venv/bin/python -m demo.run --runlocal --output_dir=/tmp/demo-tiny
 
 Outputs: OUTPUT_DIR/report.md, report.json, PNG plots; every stage's inputs and outputs under OUTPUT_DIR.
 """
@@ -35,12 +35,13 @@ from typing import NamedTuple
 
 from absl import app, flags, logging
 
-from demo import config as demo_config
+from configs import demo as demo_config
 from demo import data as demo_data
 from demo import goals
+from distillery import cli
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/demo", "Where every stage writes; the report lands here.")
-_PRESET = flags.DEFINE_enum("preset", "full", list(demo_config.PRESETS), "full (make demo) or tiny (tests).")
+_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "The tiny recipe the tests run (configs/demo.py) instead of the full one.")
 _IDX_DIR = flags.DEFINE_string("idx_dir", demo_data.FASHION_MNIST_DIR, "Fashion-MNIST idx files.")
 
 # Console script -> module, for running from a checkout whose scripts are not on PATH.
@@ -283,8 +284,8 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run_demo(_OUTPUT_DIR.value, demo_config.PRESETS[_PRESET.value], _IDX_DIR.value)
+    run_demo(_OUTPUT_DIR.value, demo_config.get_config(runlocal=_RUNLOCAL.value), _IDX_DIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

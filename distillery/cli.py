@@ -21,17 +21,22 @@ from typing import Any
 from absl import app, flags
 
 _HELP, _FLAG, _CHOICES, _LOWER_BOUND = "cli.help", "cli.flag", "cli.choices", "cli.lower_bound"
+_PARSE, _SPELL = "cli.parse", "cli.spell"
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None,  # noqa: A002 (absl's word)
-           choices: Sequence[str] | None = None, lower_bound: float | None = None) -> Any:
+           choices: Sequence[str] | None = None, lower_bound: float | None = None,
+           parse: Callable[[str], Any] | None = None, spell: Callable[[Any], str] | None = None) -> Any:
     """A dataclass field that is also a command-line flag (`flag` defaults to the field's name).
 
     A field without a default is a required flag; `choices` makes an enum flag; a `tuple[str, ...]` field
-    is a flag that may be repeated.
+    is a flag that may be repeated; with `parse`, the flag is a string and the field holds `parse(string)`
+    (None stays None), and `spell` is its inverse for `to_flags`, so a structured value has one textual
+    form on the command line.
     """
     metadata = {_HELP: help, _FLAG: flag, _CHOICES: tuple(choices) if choices is not None else None,
-                _LOWER_BOUND: lower_bound}
+                _LOWER_BOUND: lower_bound, _PARSE: parse,
+                _SPELL: spell}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -83,7 +88,11 @@ def define_flags(config_class: type, *, skip: Sequence[str] = (), flag_values: f
         default = None if required else field.default
         common = dict(flag_values=flag_values, module_name=module_name, required=required)
         name, text, choices = flag_name(field), field.metadata[_HELP], field.metadata[_CHOICES]
-        if choices is not None:
+        if field.metadata[_PARSE] is not None:
+            if default is not None:
+                raise TypeError(f"{config_class.__name__}.{field.name}: a parsed flag's default must be None")
+            flags.DEFINE_string(name, None, text, **common)
+        elif choices is not None:
             flags.DEFINE_enum(name, default, list(choices), text, **common)
         elif kind is bool:
             flags.DEFINE_boolean(name, default, text, **common)
@@ -102,16 +111,40 @@ def define_flags(config_class: type, *, skip: Sequence[str] = (), flag_values: f
 def from_flags(config_class: type, *, flag_values: flags.FlagValues = flags.FLAGS, skip: Sequence[str] = (),
                **values: Any) -> Any:
     """`config_class` built from the parsed flags of its `option` fields; `values` set the other fields
-    (and override flags)."""
+    (and override flags). Errors of a field's `parse` propagate, for the command to report."""
     hints = typing.get_type_hints(config_class)
     for field in flag_fields(config_class):
         if field.name in values or field.name in skip:
             continue
         value = flag_values[flag_name(field)].value
-        if typing.get_origin(_base_type(hints[field.name])) is tuple:
+        if field.metadata[_PARSE] is not None:
+            value = None if value is None else field.metadata[_PARSE](value)
+        elif typing.get_origin(_base_type(hints[field.name])) is tuple:
             value = tuple(value or ())
         values[field.name] = value
     return config_class(**values)
+
+
+def to_flags(config: Any) -> list[str]:
+    """`--flag=value` for every `option` field of `config` whose value is not the field's default: the
+    command line that `from_flags` turns back into `config` (fields that are not flags are left out)."""
+    argv = []
+    for field in flag_fields(type(config)):
+        value = getattr(config, field.name)
+        if field.default is not dataclasses.MISSING and value == field.default:
+            continue
+        name = flag_name(field)
+        if field.metadata[_PARSE] is not None:
+            if field.metadata[_SPELL] is None:
+                raise ValueError(f"--{name}: a parsed field needs `spell` to be written as a flag")
+            argv.append(f"--{name}={field.metadata[_SPELL](value)}")
+        elif isinstance(value, bool):
+            argv.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, tuple):
+            argv += [f"--{name}={item}" for item in value]
+        else:
+            argv.append(f"--{name}={value}")
+    return argv
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

@@ -57,6 +57,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.utils import shared
 
 from distillery import images, records, views
+from distillery.cli import option
 from pipelines import gcs, teacher_inference
 from pipelines.teacher_inference import METRICS_NAMESPACE, RunTeacherFn, TeacherLoader, ViewedImage, load_shared_teacher
 
@@ -74,43 +75,28 @@ SOURCES_WITHOUT_FILES = ("tfds", "tfrecord", "idx")
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
-    """Everything the job needs besides the Beam options (one field per command-line flag).
+    """Everything the job needs besides the Beam options; each field is a `distillery-extract` flag."""
 
-    Attributes:
-      source: source spec (pipelines/sources.py): tfds:NAME[:SPLIT], folder:DIR, glob:PATTERN, ...
-      teachers: teacher specs; several form an ensemble (mean of logits, all names recorded).
-      output: record file prefix; shards are PREFIX-SSSSS-of-NNNNN, the summary PREFIX.summary.json.
-      dead_letter: the dead-letter file (JSON lines), written whole (no shard suffix).
-      views: V views per image (1 = centre crop).
-      top_k: logits kept per view; 0 or >= the number of classes keeps the full logits.
-      max_examples: read at most this many inputs (quick runs); None = all.
-      seed: fixes the random views together with each image id.
-      min_scale: smallest area fraction of a random view.
-      logit_dtype: float32 or float16 storage of the logits.
-      store_image_max_side: > 0 stores the image re-encoded as JPEG with its longer side at most this;
-        0 stores only the path (image/path always holds the input's origin).
-      batch_size: views per teacher call.
-      num_shards: output shards; 0 lets the runner decide.
-      log_every: a progress line every this many images per worker process.
-      examples_per_shard: inputs per work unit of the source (None: the source's default, 256);
-        smaller spreads a few hundred images over several local worker processes.
-    """
-
-    source: str
-    teachers: tuple[str, ...]
-    output: str
-    dead_letter: str
-    views: int = 1
-    top_k: int = 10
-    max_examples: int | None = None
-    seed: int = 0
-    min_scale: float = _DEFAULT_MIN_SCALE
-    logit_dtype: str = "float32"
-    store_image_max_side: int = 0
-    batch_size: int = 32
-    num_shards: int = 0
-    log_every: int = 100
-    examples_per_shard: int | None = None
+    source: str = option(help="Image source spec: tfds:NAME[:SPLIT], folder:DIR, glob:PATTERN, "
+                              "openimages_csv:CSV[:IMAGE_DIR], tfrecord:GLOB, idx:DIR[:train|test].")
+    teachers: tuple[str, ...] = option(flag="teacher", help="Teacher spec (.keras file, SavedModel directory, "
+                                       "builtin:mobilenet_v2_imagenet); repeat for an ensemble (mean of logits).")
+    output: str = option(help="Record prefix: writes PREFIX-SSSSS-of-NNNNN and PREFIX.summary.json.")
+    dead_letter: str = option(help="Dead-letter file (JSON lines, written whole): one line per input not written.")
+    views: int = option(1, lower_bound=1, help="Views per image: 1 = centre crop, >1 = random resized crops + flips.")
+    top_k: int = option(10, lower_bound=0, help="Logits kept per view; 0 (or >= the classes) = all classes.")
+    max_examples: int | None = option(None, lower_bound=1, help="Read at most this many inputs (quick runs).")
+    seed: int = option(0, help="Seed of the random views (with the image id).")
+    min_scale: float = option(_DEFAULT_MIN_SCALE, help="Smallest area fraction of a random view.")
+    logit_dtype: str = option("float32", choices=records.LOGIT_DTYPES, help="Storage dtype of logits.")
+    store_image_max_side: int = option(0, lower_bound=0, help="Store the image re-encoded (JPEG) with its longer "
+                                       "side at most this; 0 = store only its path (image/path always holds it).")
+    batch_size: int = option(32, lower_bound=1, help="Views per teacher call.")
+    num_shards: int = option(0, lower_bound=0, help="Output shards; 0 = the runner decides.")
+    log_every: int = option(100, lower_bound=0, help="Progress line every N images per worker.")
+    examples_per_shard: int | None = option(None, lower_bound=1, help="Inputs per work unit (default: the "
+                                            "source's, 256); lower it to spread a few hundred images over several "
+                                            "local worker processes.")
 
     def validate(self) -> None:
         """Raises ValueError naming the flag of the first bad value (before any heavy work)."""

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from absl import app, flags
 
-from distillery import imagenet, records
+from distillery import cli, imagenet, records
 
 _LIMIT = flags.DEFINE_integer("limit", None, "Print at most this many records.", lower_bound=0)
 _TOP = flags.DEFINE_integer("top", 5, "Classes printed per view (at most the stored top-k).", lower_bound=1)
@@ -85,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run_main() -> None:
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmark import score
-from demo import config as demo_config
+from configs import demo as demo_config
 from demo import data as demo_data
 from demo import goals
 from distillery import records
@@ -27,7 +27,7 @@ def demo_dir(tmp_path_factory):
     if not os.path.isdir(demo_data.FASHION_MNIST_DIR):
         pytest.skip(f"{demo_data.FASHION_MNIST_DIR} missing: install the Debian package dataset-fashion-mnist")
     output_dir = str(tmp_path_factory.mktemp("demo"))
-    completed = subprocess.run([sys.executable, "-m", "demo.run", "--preset=tiny", f"--output_dir={output_dir}"],
+    completed = subprocess.run([sys.executable, "-m", "demo.run", "--runlocal", f"--output_dir={output_dir}"],
                                cwd=REPO, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return output_dir, completed.stderr

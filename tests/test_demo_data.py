@@ -71,7 +71,7 @@ def test_write_validation_reads_back_its_range_of_training_images(tmp_path):
 def test_the_default_validation_range_is_disjoint_from_the_demo_parts():
     import inspect  # pylint: disable=import-outside-toplevel
 
-    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
 
     defaults = inspect.signature(demo_data.write_validation).parameters
     assert defaults["first"].default >= demo_config.FULL.labelled + demo_config.FULL.unlabeled
@@ -114,7 +114,7 @@ def test_teacher_training_views_keep_each_image_with_its_label():
 
 
 def test_demo_config_takes_exactly_one_rank_selection():
-    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
 
     assert demo_config.TINY.factorize_ranks and demo_config.FULL.factorize_ranks == demo_config.FULL_STUDENT_RANKS
     for settings in ({"factorize_ranks": None},
@@ -130,7 +130,7 @@ def test_full_preset_ranks_are_an_eighth_of_the_wide_1x1_convolutions():
         factorize,  # pylint: disable=import-outside-toplevel
         factorize_job,  # pylint: disable=import-outside-toplevel
     )
-    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
     from trainer import students  # pylint: disable=import-outside-toplevel
 
     full = demo_config.FULL
@@ -154,7 +154,7 @@ def test_teacher_architecture_by_hand():
 
 
 def test_rank_flag_follows_the_one_selection_the_config_sets():
-    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
     from demo import run as demo_run  # pylint: disable=import-outside-toplevel
 
     assert demo_run._rank_flag(demo_config.FULL) == f"--ranks={demo_config.FULL_STUDENT_RANKS}"  # pylint: disable=protected-access
@@ -166,7 +166,7 @@ def test_rank_flag_follows_the_one_selection_the_config_sets():
 
 
 def test_student_runs_give_each_student_its_records_alpha_temperature_and_steps():
-    from demo import config as demo_config  # pylint: disable=import-outside-toplevel
+    from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
     from demo import run as demo_run  # pylint: disable=import-outside-toplevel
 
     cfg = demo_config.DemoConfig(alpha=0.3, distilled_temperature=5.0, unlabeled_temperature=2.0, train_steps=7,

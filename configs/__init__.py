@@ -1,0 +1,22 @@
+"""Recipes as code: each module here has `get_config(runlocal: bool = False)` returning a typed config.
+
+`demo` is the `make demo` chain on Fashion-MNIST (configs/demo.py, a DemoConfig); `imagenet` and
+`imagenet_openimages` are cluster recipes (configs/recipe.py, a Recipe). `runlocal` shrinks a recipe
+for a laptop. Each module's docstring gives the command to run and the expected time and accuracy.
+
+    python -c "import configs; print(configs.get('imagenet', runlocal=True).students)"
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+RECIPES = ("demo", "imagenet", "imagenet_openimages")
+
+
+def get(name: str, runlocal: bool = False) -> Any:
+    """`configs.NAME.get_config(runlocal)`; ValueError for a name that is not a recipe here."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return importlib.import_module(f"configs.{name}").get_config(runlocal=runlocal)
