@@ -1,7 +1,7 @@
 """Accuracy of a .tflite classifier on soft-label records: top-1/top-5 and teacher agreement.
 
-Each record's stored image is decoded and its evaluation view (the centre crop,
-`distillery.views.eval_view`, what the trainer evaluates on) resized to the model's input size. Records
+Each record's image is decoded and its evaluation view (the centre crop, `distillery.views.eval_view`,
+what the trainer evaluates on) resized to the model's input size, both by `distillery.record_pixels`. Records
 with a hard label (label >= 0) count towards top-1 and top-5; every record counts towards agreement
 with the teacher's top-1 class of stored view 0 (the only accuracy an unlabeled set such as Open Images
 has): extract evaluation sets with --views=1, so that view 0 is that same centre crop.
@@ -24,9 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from compress import quantize
-from distillery import images as images_module
-from distillery import records, tflite_model
+from distillery import record_pixels, records, tflite_model
 
 
 @dataclasses.dataclass
@@ -89,19 +87,10 @@ def check_compatible(classifier: tflite_model.Classifier, spec: records.RecordSp
             f"{classifier.name}: input has {classifier.channels} channels; the records {records_name} hold RGB images")
 
 
-def _decode_or_none(record: records.SoftLabelRecord) -> np.ndarray | None:
-    """The record's decoded RGB image, or None (logged) when it does not decode."""
-    try:
-        return quantize.decode_record_image(record)
-    except images_module.ImageDecodeError as error:
-        logging.warning("record %s: image skipped: %s", record.image_id, error)
-        return None
-
-
 def _eval_pixels(record: records.SoftLabelRecord, classifier: tflite_model.Classifier) -> np.ndarray | None:
     """The record's evaluation view at the classifier's input, or None when its image does not decode."""
-    rgb = _decode_or_none(record)
-    return None if rgb is None else quantize.eval_views([rgb], classifier.input_size, classifier.channels)[0]
+    rgb = record_pixels.decode_or_none(record)
+    return None if rgb is None else record_pixels.eval_views([rgb], classifier.input_size, classifier.channels)[0]
 
 
 def score_pixels(classifier: tflite_model.Classifier, record: records.SoftLabelRecord, pixels: np.ndarray | None,
@@ -136,7 +125,7 @@ def evaluate_records_many(classifiers: Mapping[str, tflite_model.Classifier], it
                           log_every: int = 1000, chunk_size: int = 64) -> dict[str, EvalCounts]:
     """`evaluate_records` for several models in one pass over the records: each record is read and decoded
     once, the evaluation views of `chunk_size` records at a time are made in one graph call per distinct
-    model input (size, channels) and image shape (`quantize.eval_views`: the same pixels as one call per
+    model input (size, channels) and image shape (`record_pixels.eval_views`: the same pixels as one call per
     image; 2.8-3.5x faster over 2,000 demo test records x 5 models), then every model runs on each image, one
     image per invoke (the timed runtime of the LPIRC score).
 
@@ -149,11 +138,11 @@ def evaluate_records_many(classifiers: Mapping[str, tflite_model.Classifier], it
     inputs = {(classifier.input_size, classifier.channels) for classifier in classifiers.values()}
     start, count = time.perf_counter(), 0
     for chunk in _chunks(items, chunk_size):
-        decoded = [_decode_or_none(record) for record in chunk]
+        decoded = [record_pixels.decode_or_none(record) for record in chunk]
         decodable = [index for index, rgb in enumerate(decoded) if rgb is not None]
         views_by_input: dict[tuple, list[np.ndarray | None]] = {}
         for size, channels in inputs:
-            pixels = quantize.eval_views([decoded[index] for index in decodable], size, channels)
+            pixels = record_pixels.eval_views([decoded[index] for index in decodable], size, channels)
             views_by_input[(size, channels)] = [None] * len(chunk)
             for index, view in zip(decodable, pixels):
                 views_by_input[(size, channels)][index] = view

@@ -1,7 +1,7 @@
 """Beam job: accuracy of a .tflite model on a large set of soft-label records.
 
-The same per-record code as `benchmark.accuracy` (view 0 through `crop_view`, top-1/top-5 on
-labelled records, agreement with the teacher's top-1 on all), run as a Beam DoFn with one
+The same per-record code as `benchmark.accuracy` (the evaluation view of `distillery.record_pixels`,
+top-1/top-5 on labelled records, agreement with the teacher's top-1 on all), run as a Beam DoFn with one
 interpreter per worker process: the model bytes are read once per DoFn instance in `setup()`
 (through Beam FileSystems, so gs:// works on workers) and kept for every bundle. Per-record counts
 are summed with CombineGlobally and written as one JSON object to `--output`, which the launcher

@@ -31,7 +31,6 @@ What it does, all offline and in one process:
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 import time
@@ -42,7 +41,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from compress import factorize, factorize_job, finetune, quantize
-from distillery import latency, records, tflite_model, views
+from distillery import idx, latency, records, tflite_model, views
 from pipelines import source_records
 from trainer import loop, students
 from trainer.train_config import TrainConfig
@@ -69,21 +68,11 @@ def log(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
 
-def read_idx_gz(path: str) -> np.ndarray:
-    """The uint8 array of a gzipped idx file (read here whole: pipelines.source_records.read_idx returned
-    only the first 16 MiB of the 47 MB train images when this was written)."""
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    dimensions = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dimensions))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dimensions).reshape(shape)
-
-
 def load_split(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """[N, 32, 32] uint8 images (28x28 zero-padded by 2) and [N] labels."""
     prefix = {"train": "train", "test": "t10k"}[split]
-    images = read_idx_gz(f"{FASHION_MNIST}/{prefix}-images-idx3-ubyte.gz")[:limit]
-    labels = read_idx_gz(f"{FASHION_MNIST}/{prefix}-labels-idx1-ubyte.gz")[:limit]
+    images = idx.read(f"{FASHION_MNIST}/{prefix}-images-idx3-ubyte.gz")[:limit]
+    labels = idx.read(f"{FASHION_MNIST}/{prefix}-labels-idx1-ubyte.gz")[:limit]
     return np.pad(images, ((0, 0), (2, 2), (2, 2))), labels.astype(np.int64)
 
 

@@ -44,7 +44,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from compress import quantize
-from distillery import latency
+from distillery import idx, latency
 
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: small network, few runs.")
 _RUNS = flags.DEFINE_integer("runs", 50, "Timed runs per model per round.")
@@ -95,14 +95,8 @@ def plain_conversion(network: keras.Model, calibration: list[np.ndarray], int8: 
 
 def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST images zero-padded to [N, 32, 32, 3] uint8 (gray as RGB), and labels."""
-    import gzip
-
-    def read(name: str, offset: int) -> np.ndarray:
-        with gzip.open(os.path.join(FASHION_DIR, name), "rb") as handle:
-            return np.frombuffer(handle.read(), np.uint8, offset=offset)
-
-    images = read(f"{split}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = read(f"{split}-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    images = idx.read(os.path.join(FASHION_DIR, f"{split}-images-idx3-ubyte.gz"))
+    labels = idx.read(os.path.join(FASHION_DIR, f"{split}-labels-idx1-ubyte.gz")).astype(np.int64)
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
     return np.repeat(padded[..., None], 3, axis=-1), labels
 

@@ -11,7 +11,7 @@ its input is raw RGB pixels 0..255. This module converts it the way a phone runs
   (a clone under the float32 policy that receives the same weights);
 - `int8` is full-integer quantization: every kernel and activation int8, and the model's input and
   output uint8 (default) or int8. The calibration images are views of soft-label records (view 0,
-  cropped by `distillery.views.crop_view`, the same function extraction and training use). The first
+  made by `distillery.record_pixels`, the decoding and cropping extraction and training use). The first
   calibration image gets one 0 pixel and one 255 pixel, which pins the calibrated input range to
   exactly 0..255: the uint8 input then has scale 1 and zero point 0 (int8: scale 1, zero point
   -128), so a phone feeds raw camera pixels with no arithmetic.
@@ -26,14 +26,13 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from distillery import images as images_module
-from distillery import records, views
+from distillery import record_pixels, records
 
 MODES = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8")
@@ -114,83 +113,27 @@ def input_shape_of(model) -> tuple[int, int, int]:
 def calibration_images(pattern: str, size: tuple[int, int], steps: int, channels: int = 3) -> list[np.ndarray]:
     """Up to `steps` calibration inputs [1, H, W, C] float32 0..255 from soft-label records.
 
-    Each is view 0 of a record (the centre crop when the extraction stored one view) through
-    `views.crop_view`, exactly what the student saw in training. Records are read through
-    `distillery.records`; an image that is not stored inline is read from its `image/path`.
+    Each is view 0 of a record (the centre crop when the extraction stored one view) as
+    `distillery.record_pixels.stored_view` makes it, exactly what the student saw in training. Records are
+    read through `distillery.records`; an image that is not stored inline is read from its `image/path`.
 
     Raises:
-      QuantizeError: when no record matches, a record cannot be read, or no image decodes.
+      QuantizeError: when no record matches, a record cannot be read, or the model's channels are not 1 or 3.
+      images.ImageDecodeError: when a record's image does not decode (the message says why).
     """
     if steps < 1:
         raise QuantizeError(f"--calibration_steps must be >= 1, got {steps}")
     batch: list[np.ndarray] = []
     try:
         for record in records.read_records(pattern, limit=steps):
-            pixels = record_view(record, size, channels)
-            batch.append(pixels[None])
+            batch.append(record_pixels.stored_view(record, 0, size, channels)[None])
     except (FileNotFoundError, records.RecordError) as error:
         raise QuantizeError(f"--calibration: {error}") from None
+    except record_pixels.UnsupportedChannelsError as error:
+        raise QuantizeError(str(error)) from None
     if not batch:
         raise QuantizeError(f"--calibration: {pattern} holds no records")
     return batch
-
-
-def decode_record_image(record: records.SoftLabelRecord) -> np.ndarray:
-    """[H, W, 3] uint8 RGB of a record: its stored image, else the file at its image_path.
-
-    Raises:
-      images.ImageDecodeError: when the image does not decode (the message says why).
-    """
-    encoded = record.encoded_image
-    if not encoded and record.image_path:
-        with tf.io.gfile.GFile(record.image_path, "rb") as handle:
-            encoded = handle.read()
-    return images_module.decode_rgb(encoded)
-
-
-def _to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
-    if channels == 1:
-        # ITU-R 601 luma, what tf.image.rgb_to_grayscale computes.
-        pixels = tf.image.rgb_to_grayscale(pixels).numpy()
-    elif channels != 3:
-        raise QuantizeError(f"models with {channels} input channels are not supported (1 or 3)")
-    return pixels.astype(np.float32)
-
-
-def record_view(record: records.SoftLabelRecord, size: tuple[int, int], channels: int = 3,
-                view: int | None = 0) -> np.ndarray:
-    """A view of a record's image as [H, W, C] float32 pixels 0..255 (shared with the benchmark).
-
-    Args:
-      record: the soft-label record.
-      size: (height, width) of the model input.
-      channels: 3, or 1 for a grayscale model (ITU-R 601 luma).
-      view: the stored view to crop (calibration: 0), or None for the evaluation view (the centre crop,
-        `views.eval_view`, what the trainer evaluates on).
-
-    Raises:
-      images.ImageDecodeError: when the stored image does not decode (the message says why).
-    """
-    rgb = decode_record_image(record)
-    if view is None:
-        return eval_views([rgb], size, channels)[0]
-    pixels = views.compiled_crop_views(tuple(size))(rgb, record.crops[view:view + 1].astype(np.float32),
-                                                    record.flips[view:view + 1].astype(bool)).numpy()[0]
-    return _to_channels(pixels, channels)
-
-
-def eval_views(rgb_images: Sequence[np.ndarray], size: tuple[int, int], channels: int = 3) -> list[np.ndarray]:
-    """The evaluation views of decoded [H, W, 3] uint8 images, each equal to `record_view(..., view=None)`
-    of its record, with one graph call per distinct image shape instead of one per image."""
-    by_shape: dict[tuple, list[int]] = {}
-    for index, image in enumerate(rgb_images):
-        by_shape.setdefault(image.shape, []).append(index)
-    result: list[np.ndarray | None] = [None] * len(rgb_images)
-    for indices in by_shape.values():
-        batch = views.compiled_eval_views(tuple(size))(np.stack([rgb_images[index] for index in indices])).numpy()
-        for index, pixels in zip(indices, batch):
-            result[index] = _to_channels(pixels, channels)
-    return result
 
 
 def _pin_input_range(images: list[np.ndarray]) -> list[np.ndarray]:

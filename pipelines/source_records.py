@@ -10,7 +10,8 @@
 - `idx:DIR[:train|test]`: Fashion-MNIST / MNIST idx files ({train,t10k}-{images-idx3,labels-idx1}
   -ubyte, optionally .gz); default split train. Image id '<split>/<index:05d>', label from the idx
   labels, and the 28x28 grayscale image encoded losslessly as PNG so the rest of the pipeline sees
-  ordinary image files. Shards are index ranges.
+  ordinary image files. Shards are index ranges. The files are read by `distillery.idx` (a corrupt or
+  truncated file is an error naming it).
 
     python -m pipelines.sources idx:/usr/share/datasets/fashion-mnist:test 3
 """
@@ -28,6 +29,7 @@ import google_crc32c
 import numpy as np
 from PIL import Image
 
+from distillery import idx
 from pipelines import file_io
 from pipelines.sources import ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError, split_locations
 
@@ -165,24 +167,15 @@ def _find_idx_file(directory: str, name: str) -> str | None:
     return None
 
 
-def _read_idx_header(file: BinaryIO, path: str) -> tuple[int, ...]:
-    magic = file.read(4)
-    if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] != 0x08:
-        raise SourceSpecError(f"{path} is not an idx file of unsigned bytes (magic {magic!r})")
-    dims = magic[3]
-    return struct.unpack(f">{dims}I", file.read(4 * dims))
-
-
 @functools.lru_cache(maxsize=4)
 def read_idx(path: str) -> np.ndarray:
-    """The uint8 array stored in an idx file (.gz decompressed); cached per process."""
-    with file_io.open_file(path) as file:
-        shape = _read_idx_header(file, path)
-        data = file_io.read_to_end(file)
-    expected = int(np.prod(shape))
-    if len(data) < expected:
-        raise OSError(f"{path}: truncated idx data ({len(data)} of {expected} bytes)")
-    return np.frombuffer(data[:expected], np.uint8).reshape(shape)
+    """The uint8 array stored in an idx file (local or gs://, .gz decompressed), read by `distillery.idx`
+    through Beam FileSystems; cached per process.
+
+    Raises:
+      idx.IdxFormatError: naming the file when it is not a complete idx file of unsigned bytes.
+    """
+    return idx.read(path, file_io.open_file)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -218,10 +211,11 @@ class IdxSource(ImageSource):
             raise FileNotFoundError(f"source {spec!r}: {directory} lacks {prefix}-images-idx3-ubyte[.gz] "
                                     f"or {prefix}-labels-idx1-ubyte[.gz]")
         self.images_path, self.labels_path = images, labels
-        with file_io.open_file(images) as file:
-            image_shape = _read_idx_header(file, images)
-        with file_io.open_file(labels) as file:
-            label_shape = _read_idx_header(file, labels)
+        try:
+            image_shape = idx.read_header(images, file_io.open_file)
+            label_shape = idx.read_header(labels, file_io.open_file)
+        except idx.IdxFormatError as error:
+            raise SourceSpecError(f"source {spec!r}: {error}") from None
         if len(image_shape) != 3 or len(label_shape) != 1 or image_shape[0] != label_shape[0]:
             raise SourceSpecError(f"source {spec!r}: idx shapes {image_shape} (images) and {label_shape} "
                                   "(labels) do not match")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmark import accuracy, accuracy_pipeline
 from compress import quantize
-from distillery import records, tflite_model, views
+from distillery import record_pixels, records, tflite_model, views
 
 SIDE, CLASSES, COUNT = 24, 10, 24
 
@@ -180,13 +180,13 @@ def test_batched_eval_views_equal_one_view_at_a_time(setup):
     """The accuracy pass makes the views of a chunk of images in one graph call per image shape (the
     records hold three shapes): each is the per-image view, to the bit, in colour and in grey."""
     items = list(records.read_records(setup["records"]))
-    decoded = [quantize.decode_record_image(record) for record in items]
+    decoded = [record_pixels.decode(record) for record in items]
     assert len({image.shape for image in decoded}) == 3
     for channels in (3, 1):
-        batched = quantize.eval_views(decoded, (SIDE, SIDE), channels)
+        batched = record_pixels.eval_views(decoded, (SIDE, SIDE), channels)
         assert len(batched) == COUNT
         for record, pixels in zip(items, batched):
-            np.testing.assert_array_equal(pixels, quantize.record_view(record, (SIDE, SIDE), channels, view=None))
+            np.testing.assert_array_equal(pixels, record_pixels.eval_view(record, (SIDE, SIDE), channels))
 
 
 def test_an_undecodable_image_inside_a_chunked_pass(setup):

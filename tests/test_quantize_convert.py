@@ -7,7 +7,6 @@ held-out test images.
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 
@@ -18,18 +17,14 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from compress import quantize
-from distillery import records
+from distillery import idx, records
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 HELD_OUT = 2000
 
 
 def _read_idx(name: str) -> np.ndarray:
-    with gzip.open(os.path.join(FASHION_DIR, name), "rb") as handle:
-        data = handle.read()
-    if name.find("labels") >= 0:
-        return np.frombuffer(data, np.uint8, offset=8)
-    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+    return idx.read(os.path.join(FASHION_DIR, name))
 
 
 def _rgb(gray: np.ndarray) -> np.ndarray:

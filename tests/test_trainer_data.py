@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trainer_fixtures as fixtures
 
-from distillery import records, views
+from distillery import record_pixels, records, views
 from trainer import data
 
 TEMPERATURE = 2.0
@@ -22,7 +22,7 @@ def record_glob(tmp_path_factory):
 
 def _all_views(pattern, size):
     """(record, view index, [S, S, 3] pixels) for every stored view, computed eagerly."""
-    return [(record, view, data.stored_view_pixels(record, view, size))
+    return [(record, view, record_pixels.stored_view(record, view, size))
             for record in records.read_records(pattern) for view in range(record.num_views)]
 
 
@@ -36,11 +36,11 @@ def test_training_batches_replay_stored_views_with_their_teacher_distribution(re
         for i in range(4):
             errors = [np.abs(pixels - images[i].numpy()).max() for _, _, pixels in candidates]
             record, view, _ = candidates[int(np.argmin(errors))]
-            assert min(errors) < 1e-3  # the tf.data.map pixels equal the eager crop_view of a stored view
+            assert min(errors) < 1e-3  # the tf.data.map pixels equal record_pixels' NumPy view of a stored view
             assert int(targets["labels"][i]) == record.label
             np.testing.assert_allclose(targets["teacher_probabilities"][i].numpy(),
                                        record.probabilities(view, TEMPERATURE), rtol=1e-5, atol=1e-7)
-            teacher_pixels = data.stored_view_pixels(record, view, 24)
+            teacher_pixels = record_pixels.stored_view(record, view, 24)
             np.testing.assert_allclose(targets["teacher_images"][i].numpy(), teacher_pixels, atol=1e-3)
             matched_views.setdefault(record.image_id, set()).add(view)
     assert len(matched_views) >= 9  # the shuffle buffer mixes passes, so most (not all) records show up
@@ -69,9 +69,7 @@ def test_eval_is_one_ordered_pass_of_centre_crops(record_glob):
     labels = np.concatenate([t["labels"].numpy() for _, t in batches])
     np.testing.assert_array_equal(labels, [r.label for r in stored])  # includes the -1 of unlabeled records
     first = stored[0]
-    image = data.decode_image(first.encoded_image, "")
-    centre = views.eval_view(image, 32).numpy()
-    np.testing.assert_allclose(batches[0][0][0].numpy(), centre, atol=1e-3)
+    np.testing.assert_allclose(batches[0][0][0].numpy(), record_pixels.eval_view(first, 32), atol=1e-3)
     assert data.count_records(record_glob) == 12
 
 
@@ -101,49 +99,3 @@ def test_sharding_over_input_pipelines_splits_the_records(record_glob):
     assert os.path.basename(record_glob) == "train-*"
     assert len(seen[0]) > 1 and len(seen[1]) > 1
 
-
-def test_decoded_pixels_equal_extractions_decoder_for_jpeg_and_png():
-    import io
-
-    import tensorflow as tf
-    from PIL import Image
-
-    from distillery import images
-
-    photo = fixtures.make_image(3, 64, 80)
-    for kind in ("JPEG", "PNG"):
-        buffer = io.BytesIO()
-        Image.fromarray(photo).save(buffer, kind, **({"quality": 90} if kind == "JPEG" else {}))
-        encoded = buffer.getvalue()
-        expected = images.decode_rgb(encoded)
-        np.testing.assert_array_equal(data.decode_image(encoded, "").numpy(), expected)  # eager
-        in_map = tf.data.Dataset.from_tensors(encoded).map(lambda e: data.decode_image(e, ""))  # inside tf.data
-        np.testing.assert_array_equal(next(iter(in_map)).numpy(), expected)
-
-
-@pytest.mark.parametrize("kind", ["RGBA-PNG", "CMYK-JPEG", "I16-PNG", "RGB-TIFF"])
-def test_original_files_decode_like_extraction_eagerly_and_in_dataset_map(tmp_path, kind):
-    """A path-only record's original goes through extraction's decoder: alpha on white, CMYK, 16-bit, TIFF."""
-    import io
-
-    import tensorflow as tf
-    from PIL import Image
-
-    from distillery import images
-
-    rng = np.random.default_rng(0)
-    mode, fmt = kind.split("-")
-    if mode == "I16":
-        pil = Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16), "I;16")
-    elif mode == "RGBA":
-        pil = Image.fromarray(rng.integers(0, 256, (12, 10, 4), dtype=np.uint8), "RGBA")
-    else:
-        pil = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).convert(mode)
-    buffer = io.BytesIO()
-    pil.save(buffer, fmt)
-    path = tmp_path / f"original.{fmt.lower()}"
-    path.write_bytes(buffer.getvalue())
-    expected = images.decode_rgb(buffer.getvalue())
-    np.testing.assert_array_equal(data.decode_image(tf.constant(b""), tf.constant(str(path))).numpy(), expected)
-    mapped = tf.data.Dataset.from_tensors(str(path)).map(lambda p: data.decode_image(tf.constant(b""), p))
-    np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)

@@ -2,8 +2,9 @@
 
 tf.data over the record files (local paths or gs://, through tf.io.gfile): the files are shuffled and
 read interleaved, the serialized records are shuffled, then each record is parsed with
-`distillery.records.tf_parser`, its image decoded, and one of its V stored views replayed with
-`distillery.views.crop_view` (the function extraction used), so the student sees the pixels the teacher
+`distillery.records.tf_parser`, and its image decoded and one of its V stored views replayed by
+`distillery.record_pixels` (the graph twin of what calibration and the benchmark read; the view is
+`distillery.views.crop_view`, the function extraction used), so the student sees the pixels the teacher
 saw. The view is drawn at random per example and per pass over the data, from a stateless seed
 (seed, input pipeline, position in the stream): the stream is a pure function of the seed, whatever
 the number of replicas it is split over. Batches are prefetched; maps run with AUTOTUNE parallelism.
@@ -22,46 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
-from distillery import images, records, views
+from distillery import record_pixels, records
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 1024
 DEFAULT_CYCLE_LENGTH = 8
-
-
-def _decode_original(data: bytes | np.ndarray) -> np.ndarray:
-    # tf.numpy_function hands a scalar string over as bytes inside a graph (tf.data), but as a 0-d
-    # object array holding the bytes when called eagerly.
-    return images.decode_rgb(data.item() if isinstance(data, np.ndarray) else data)
-
-
-def decode_image(encoded: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
-    """[H, W, 3] uint8 RGB from a record's image bytes, or from the file at `path` when the bytes are empty.
-
-    The stored image is an RGB JPEG (or PNG) that extraction re-encoded; it is decoded in the graph, JPEGs
-    with the accurate integer DCT, which gives exactly the pixels of PIL (TensorFlow's default fast DCT
-    differs by up to ~5 levels per pixel). An original file (path-only record) can be anything extraction
-    accepted (CMYK, alpha, 16-bit, TIFF, ...), so it goes through extraction's own decoder,
-    distillery.images.decode_rgb, and the student sees the pixels the teacher saw.
-    """
-    def stored():
-        image = tf.cond(tf.io.is_jpeg(encoded),
-                        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-                        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
-        image.set_shape([None, None, 3])
-        return image
-
-    def original():
-        image = tf.numpy_function(_decode_original, [tf.io.read_file(path)], tf.uint8, stateful=False)
-        image.set_shape([None, None, 3])
-        return image
-
-    image = tf.cond(tf.strings.length(encoded) > 0, stored, original)
-    image.set_shape([None, None, 3])
-    return image
 
 
 def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int, training: bool, seed: int = 0, *,
@@ -123,18 +91,18 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
 
     def replay(position: tf.Tensor, example: tf.Tensor):
         parsed = parse(example)
-        image = decode_image(parsed["encoded_image"], parsed["image_path"])
+        image = record_pixels.decode_tensor(parsed["encoded_image"], parsed["image_path"])
         label = tf.cast(parsed["label"], tf.int32)
         if not training:
-            return views.eval_view(image, image_size), {"labels": label}
+            return record_pixels.eval_view_tensor(image, image_size), {"labels": label}
         view = tf.random.stateless_uniform([], seed=tf.stack([view_seed, position]), minval=0,
                                            maxval=spec.num_views, dtype=tf.int32)
         crop, flip = parsed["crops"][view], parsed["flips"][view]
         targets = {"labels": label, "class_ids": parsed["class_ids"][view], "logits": parsed["logits"][view],
                    "logsumexp": parsed["logsumexp"][view]}
         if teacher_image_size is not None:
-            targets["teacher_images"] = views.crop_view(image, crop, flip, tuple(teacher_image_size))
-        return views.crop_view(image, crop, flip, image_size), targets
+            targets["teacher_images"] = record_pixels.view_tensor(image, crop, flip, teacher_image_size)
+        return record_pixels.view_tensor(image, crop, flip, image_size), targets
 
     dataset = serialized.enumerate().map(replay, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
@@ -154,8 +122,3 @@ def count_records(pattern: str | Sequence[str]) -> int:
     """How many records the files of `pattern` hold (reads them all; for eval sets and tests)."""
     return sum(1 for path in records.expand_paths(pattern) for _ in tf.data.TFRecordDataset(path))
 
-
-def stored_view_pixels(record: records.SoftLabelRecord, view: int, size: int | tuple[int, int]) -> np.ndarray:
-    """One stored view of a record as [S, S, 3] float32, eagerly: what the pipeline feeds for that view."""
-    image = decode_image(tf.constant(record.encoded_image), tf.constant(record.image_path))
-    return views.crop_view(image, record.crops[view], bool(record.flips[view]), size).numpy()
