@@ -15,7 +15,11 @@ What it does, in one process and on the same data:
    excluded).
 3. The input pipeline alone: batches/s of `trainer.data.make_dataset` (offline targets, and online
    targets with the teacher's 224x224 views), nothing else running.
-4. The train step alone: `trainer.loop.make_train_step` on one cached batch, offline and online.
+4. The train step alone: the task's train step (`trainer.task.DistillationTask.build_train_step`) on one
+   cached batch, offline and online.
+
+All timings go through the trainer's one loop, `trainer.driver.run_steps`, which leaves the first step
+(tracing, or the pipeline's warm-up) out of the rate.
 
 The machine is shared with other jobs: numbers are noisy (see the load average printed with them).
 
@@ -35,7 +39,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from distillery import images, records, views
-from trainer import data, loop
+from trainer import data, driver, loop, task
 from trainer.train_config import TrainConfig
 
 TEACHER_SPEC = "builtin:mobilenet_v2_imagenet"
@@ -86,40 +90,35 @@ def write_benchmark_records(directory: str, teacher, count: int, num_views: int,
     return os.path.join(directory, "bench-*")
 
 
+def _next_batch(iterator) -> dict:
+    """A "step" that only draws a batch: run_steps over it times the input pipeline alone."""
+    next(iterator)
+    return {}
+
+
 def input_pipeline_rate(pattern: str, image_size: int, batch_size: int, steps: int, temperature: float,
                         teacher_size: tuple[int, int] | None) -> float:
     """Batches/s of the input pipeline alone (after one warm-up batch)."""
     dataset = data.make_dataset(pattern, image_size, batch_size, training=True, seed=0,
                                 temperature=None if teacher_size else temperature, teacher_image_size=teacher_size)
-    iterator = iter(dataset)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(steps):
-        batch = next(iterator)
-    tf.nest.map_structure(lambda x: x.numpy(), batch)
-    return steps / (time.perf_counter() - start)
+    totals = driver.run_steps(_next_batch, iter(dataset), 0, steps + 1, batch_size=batch_size, log_every=steps + 1)
+    return totals.steps_per_second
 
 
 def train_step_rate(pattern: str, config: TrainConfig, teacher, steps: int) -> float:
-    """Steps/s of the train step alone, on one cached batch (after one warm-up step)."""
+    """Steps/s of the train step alone, on one cached batch (after one warm-up, tracing, step)."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from trainer import students  # pylint: disable=import-outside-toplevel
-
-    teacher_size = tuple(teacher.input_size) if teacher is not None else None
-    dataset = data.make_dataset(pattern, config.image_size, config.batch_size, training=True, seed=0,
-                                temperature=None if teacher else config.temperature, teacher_image_size=teacher_size)
-    images, targets = next(iter(dataset))
-    student = students.build_student(config.student, config.width, config.image_size, 1000)
+    distillation = task.DistillationTask(pattern, config.image_size, config.batch_size, config.alpha,
+                                         config.temperature, student=config.student, width=config.width,
+                                         num_classes=1000, teacher=teacher)
+    one_batch = next(distillation.build_inputs())
+    cached = iter(tf.data.Dataset.from_tensors(one_batch).repeat())
+    student = distillation.build_model()
     optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-    step = tf.function(loop.make_train_step(student, optimizer, tf.distribute.get_strategy(), config.batch_size,
-                                            config.alpha, config.temperature, teacher))
-    step(images, targets)["loss"].numpy()
-    start = time.perf_counter()
-    for _ in range(steps):
-        result = step(images, targets)
-    result["loss"].numpy()
-    return steps / (time.perf_counter() - start)
+    totals = driver.run_steps(distillation.build_train_step(student, optimizer), cached, 0, steps + 1,
+                              batch_size=config.batch_size, log_every=steps + 1)
+    return totals.steps_per_second
 
 
 def main(argv: list[str]) -> None:

@@ -10,7 +10,7 @@ known to be usable):
    compress/rank_selection.py);
 3. factorize and fine-tune, `--mode=layerwise` (the LPIRC 2018 seed procedure) or `oneshot`;
 4. top-1 on `--eval` before, right after factorization, and after fine-tuning (Keras float32 model, centre
-   crop: `trainer.loop.evaluate`);
+   crop: `trainer.task.evaluate`);
 5. write `--output` (.keras; the input model is never overwritten: same path refused, written via a temp
    file) and `OUTPUT.report.json`; print the per-layer table.
 
@@ -326,7 +326,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
                           if key in method) or "explicit --ranks"
     log(f"factorizing {len(selection.ranks)} of {len(layers)} layers ({chosen_by}), mode {tuning.mode}: "
         + ", ".join(f"{name} r={rank}" for name, rank in selection.ranks.items()))
-    top1 = {"evaluated_with": "Keras float32 model, centre crop (trainer.loop.evaluate)"}
+    top1 = {"evaluated_with": "Keras float32 model, centre crop (trainer.task.evaluate)"}
     if config.eval_pattern:
         top1["before"] = finetune.evaluate_top1(model, config.eval_pattern)
         top1["after_factorization"] = finetune.evaluate_top1(factorize.factorize_model(model, selection.ranks),

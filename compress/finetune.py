@@ -9,10 +9,11 @@
 
 Both spend `steps` optimizer steps (layerwise splits them evenly over the layers), so the comparison is
 at equal fine-tuning compute; layerwise with `final_steps` spends steps + final_steps. The loss, the
-record pipeline and the train step are the trainer's (`trainer.losses.distillation_loss` through
-`trainer.loop.make_train_step`, `trainer.data.make_dataset`), on one device: gradients are taken only
-for the model's trainable variables, which is what freezing relies on. Each phase gets a fresh Adam (or
-SGD) with cosine decay to 0.
+record pipeline and the train step are the trainer's: each phase is a `FinetuneTask` (a
+`trainer.task.DistillationTask` whose model is given and whose trainable layers are a subset) stepped by
+the trainer's one loop, `trainer.driver.run_steps`, on one device; gradients are taken only for the
+model's trainable variables, which is what freezing relies on. Each phase gets a fresh Adam (or SGD) with
+cosine decay to 0.
 
     python -c "from compress import finetune; help(finetune.factorize_and_finetune)"
 """
@@ -20,15 +21,13 @@ SGD) with cosine decay to 0.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 
 import keras
-import tensorflow as tf
 
 from compress import factorize
 from distillery.cli import option
-from trainer import data, loop, train_config
+from trainer import driver, task, train_config
 
 MODES = ("layerwise", "oneshot")
 OPTIMIZERS = train_config.OPTIMIZERS
@@ -83,10 +82,30 @@ def set_trainable(model: keras.Model, trainable_names: set[str] | None) -> None:
         layer.trainable = trainable_names is None or layer.name in trainable_names
 
 
+def _task_settings(config: FinetuneConfig, image_size: int) -> dict:
+    return dict(train_pattern=config.train_pattern, image_size=image_size, global_batch_size=config.batch_size,
+                alpha=config.alpha, temperature=config.temperature, optimizer=config.optimizer,
+                learning_rate=config.learning_rate, seed=config.seed)
+
+
+class FinetuneTask(task.DistillationTask):
+    """One fine-tuning phase as a distillation task: the model is given, and only `trainable_names` train."""
+
+    def __init__(self, model: keras.Model, config: FinetuneConfig, trainable_names: set[str] | None = None):
+        super().__init__(**_task_settings(config, image_size_of(model)))
+        self.model = model
+        self.trainable_names = trainable_names
+
+    def build_model(self) -> keras.Model:
+        """The given model, every layer but `trainable_names` frozen (None: all train)."""
+        set_trainable(self.model, self.trainable_names)
+        return self.model
+
+
 def finetune(model: keras.Model, config: FinetuneConfig, steps: int, dataset_iterator,
              trainable_names: set[str] | None = None, label: str = "fine-tune",
              log: Callable[[str], None] = print) -> dict:
-    """Runs `steps` distillation steps on `model` in place.
+    """Runs `steps` distillation steps on `model` in place (one `trainer.driver.run_steps` call).
 
     Args:
       model: the (factorized) student.
@@ -98,43 +117,24 @@ def finetune(model: keras.Model, config: FinetuneConfig, steps: int, dataset_ite
       log: where progress lines go.
 
     Returns:
-      {"steps", "loss" (mean over the last logging interval), "train_top1" (same), "images_per_second"}.
+      {"steps", "loss" (mean over the last logging interval), "train_top1" (same), "images_per_second"
+      (the phase's steps after the first, tracing one; None for a one-step phase)}.
     """
-    set_trainable(model, trainable_names)
+    phase = FinetuneTask(model, config, trainable_names)
+    model = phase.build_model()
     if steps <= 0:
         return {"steps": 0, "loss": None, "train_top1": None, "images_per_second": None}
-    optimizer = loop.make_optimizer(config.optimizer, config.learning_rate, steps)
-    step_fn = tf.function(loop.make_train_step(model, optimizer, tf.distribute.get_strategy(), config.batch_size,
-                                               config.alpha, config.temperature))
-    sums = {"loss": 0.0, "correct": 0.0, "labeled": 0.0, "examples": 0.0}
-    start, interval_start, timed_examples, result = time.perf_counter(), time.perf_counter(), 0.0, {}
-    for step in range(1, steps + 1):
-        images, targets = next(dataset_iterator)
-        values = step_fn(images, targets)
-        for name in sums:
-            sums[name] += float(values[name])
-        if step == 1:  # the first step traces the graph: keep it out of the throughput
-            interval_start, timed_examples = time.perf_counter(), 0.0
-        else:
-            timed_examples += float(values["examples"])
-        if step % config.log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - interval_start
-            result = {"loss": sums["loss"] / max(sums["examples"], 1.0),
-                      "train_top1": sums["correct"] / sums["labeled"] if sums["labeled"] else None}
-            log(f"{label}: step {step}/{steps} loss {result['loss']:.4f} "
-                f"train top-1 {result['train_top1'] if result['train_top1'] is None else round(result['train_top1'], 4)} "
-                f"({timed_examples / max(elapsed, 1e-9):.0f} images/s)")
-            sums = dict.fromkeys(sums, 0.0)
-            interval_start, timed_examples = time.perf_counter(), 0.0
-    total = time.perf_counter() - start
-    return {"steps": steps, **result, "images_per_second": steps * config.batch_size / max(total, 1e-9)}
+    optimizer = phase.create_optimizer(steps)
+    totals = driver.run_steps(phase.build_train_step(model, optimizer), dataset_iterator, 0, steps,
+                              batch_size=config.batch_size, log_every=config.log_every,
+                              summarize=phase.interval_terms, label=label, log=log)
+    return {"steps": totals.steps, "loss": totals.terms["loss"], "train_top1": totals.terms["train_top1"],
+            "images_per_second": totals.images_per_second}
 
 
 def make_iterator(config: FinetuneConfig, image_size: int):
-    """An endless iterator of (images, targets) batches with teacher probabilities at T."""
-    dataset = data.make_dataset(config.train_pattern, image_size, config.batch_size, training=True,
-                                seed=config.seed, temperature=config.temperature)
-    return iter(dataset)
+    """An endless iterator of (images, targets) batches with teacher probabilities at T (the task's inputs)."""
+    return task.DistillationTask(**_task_settings(config, image_size)).build_inputs()
 
 
 def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config: FinetuneConfig,
@@ -186,8 +186,8 @@ def factorize_and_finetune(model: keras.Model, ranks: Mapping[str, int], config:
 
 
 def evaluate_top1(model: keras.Model, pattern: str, batch_size: int = 100) -> float:
-    """Top-1 of the Keras model on the labelled records of `pattern` (centre crop; `trainer.loop.evaluate`)."""
-    top1 = loop.evaluate(model, pattern, image_size_of(model), batch_size)["top1"]
+    """Top-1 of the Keras model on the labelled records of `pattern` (centre crop; `trainer.task.evaluate`)."""
+    top1 = task.evaluate(model, pattern, image_size_of(model), batch_size)["top1"]
     if top1 is None:
         raise ValueError(f"--eval={pattern}: no record has a label (-1 everywhere), so there is no top-1")
     return float(top1)

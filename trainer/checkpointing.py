@@ -30,6 +30,8 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from trainer import driver
+
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
@@ -62,8 +64,11 @@ def remove_worker_dir(output_dir: str, model_dir: str) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-class CheckpointKeeper:
+class CheckpointKeeper(driver.Hook):
     """Saves every `every` steps, restores the latest, and handles preemption for multi-worker runs.
+
+    A hook of `trainer.driver.run_steps`: it saves after the steps on the interval (or when a preemption
+    notice came) and, at the end, the last step unless that step was just saved.
 
     Args:
       checkpoint: the `tf.train.Checkpoint` holding student, optimizer and the int64 `step` variable.
@@ -98,15 +103,20 @@ class CheckpointKeeper:
                 self._strategy.cluster_resolver, self.write_manager)
         return int(self.step.numpy())
 
-    def after_step(self, step: int) -> None:
-        """Called after each step (numbered from 1): saves on the interval, or when a preemption notice came.
+    def after_step(self, state: driver.LoopState) -> None:
+        """Saves on the interval, or when a preemption notice came (then the process exits, code 42).
 
-        `step` is the host's count, so that no step waits for the device to report its counter.
+        The step is the loop's host count, so that no step waits for the device to report its counter.
         """
-        if self.every and step % self.every == 0:
+        if self.every and state.step % self.every == 0:
             self.save()
         if self.preemption_handler is not None:
-            self.preemption_handler.save_checkpoint_if_preempted(checkpoint_number=step)
+            self.preemption_handler.save_checkpoint_if_preempted(checkpoint_number=state.step)
+
+    def end(self, state: driver.LoopState) -> None:
+        """Saves the last step if this run took any step and did not just save it."""
+        if state.step > state.start_step and (not self.every or state.step % self.every):
+            self.save()
 
     def save(self) -> str:
         path = self.write_manager.save(checkpoint_number=int(self.step.numpy()))

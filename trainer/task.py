@@ -1,0 +1,204 @@
+"""What a distillation trains (tensorflow/models official/core Task style): student, inputs, train step, evaluation.
+
+`DistillationTask` holds the settings one distillation needs and builds its pieces; trainer/driver.py's
+`run_steps` runs the step it builds. The train step is written for one replica: per-example losses from
+`trainer.losses.distillation_loss`, summed and divided by the *global* batch size, inside `strategy.run`;
+the Keras optimizer all-reduces (sums) the replicas' gradients, so N replicas take the same step as one
+replica with the whole batch. Gradients are taken for the model's trainable variables only, so a task
+whose model is given with some layers frozen (compress/finetune.py's fine-tuning of a factorized
+student) trains that subset with the same step.
+
+Offline mode reads the teacher distribution of the replayed view from the records; online mode
+(`teacher` set) runs the teacher inside the step on the same view, cropped at the teacher's input size.
+
+    python -c "from trainer import task; t = task.DistillationTask('records-*', 128, 64, alpha=0.5, \
+temperature=4.0, student='mobilenet_v1', width=0.25); print(t.build_model().count_params())"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from distillery import records
+from trainer import data, losses, students
+
+
+def make_optimizer(name: str, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+    """`name` (adam, or sgd with Nesterov momentum 0.9) with a cosine decay of `learning_rate` over
+    `steps`; the trainer and the factorize job's fine-tuning share it."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+
+
+def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                    global_batch_size: int, alpha: float, temperature: float, teacher=None):
+    """The per-replica step, run by `strategy.run`; returns the replicas' loss sums reduced (SUM).
+
+    The returned function takes a distributed batch (images, targets) and must be called inside a
+    tf.function. Gradients are taken with respect to the student's trainable variables only.
+    """
+
+    def replica_step(images, targets):
+        labels = targets["labels"]
+        if teacher is not None:
+            teacher_logits = tf.stop_gradient(teacher(targets["teacher_images"]))
+            teacher_probabilities = tf.nn.softmax(teacher_logits / temperature, axis=-1)
+        else:
+            teacher_probabilities = targets["teacher_probabilities"]
+        with tf.GradientTape() as tape:
+            student_logits = student(images, training=True)
+            per_example = losses.distillation_loss(labels, student_logits, teacher_probabilities, alpha, temperature)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if student.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(student.losses))
+        gradients = tape.gradient(loss, student.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, student.trainable_variables))
+        cross_entropy, kl_divergence = losses.distillation_terms(labels, student_logits, teacher_probabilities,
+                                                                 temperature)
+        labeled = tf.cast(labels >= 0, tf.float32)
+        correct = tf.cast(tf.math.in_top_k(tf.maximum(labels, 0), student_logits, 1), tf.float32) * labeled
+        return {"loss": tf.reduce_sum(per_example), "cross_entropy": tf.reduce_sum(cross_entropy),
+                "kl_divergence": tf.reduce_sum(kl_divergence), "labeled": tf.reduce_sum(labeled),
+                "correct": tf.reduce_sum(correct), "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
+
+    def step(images, targets):
+        per_replica = strategy.run(replica_step, args=(images, targets))
+        return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for name, value in per_replica.items()}
+
+    return step
+
+
+def evaluate(student: keras.Model, pattern: str, image_size: int, batch_size: int = 100) -> dict:
+    """Top-1/top-5 of `student` on the labeled records of `pattern` (centre crop), on this process alone.
+
+    Returns:
+      {'top1', 'top5', 'images'} over the records whose label is not -1.
+    """
+    dataset = data.make_dataset(pattern, image_size, batch_size, training=False)
+    num_classes = int(student.outputs[0].shape[-1])
+
+    @tf.function
+    def batch_counts(images, labels):
+        logits = student(images, training=False)
+        labeled = labels >= 0
+        safe = tf.where(labeled, labels, 0)
+        top1 = tf.math.in_top_k(safe, logits, 1) & labeled
+        top5 = tf.math.in_top_k(safe, logits, min(5, num_classes)) & labeled
+        return [tf.reduce_sum(tf.cast(x, tf.int64)) for x in (top1, top5, labeled)]
+
+    totals = np.zeros(3, np.int64)
+    for images, targets in dataset:
+        totals += np.array([x.numpy() for x in batch_counts(images, targets["labels"])])
+    count = int(totals[2])
+    return {"top1": totals[0] / count if count else None, "top5": totals[1] / count if count else None,
+            "images": count}
+
+
+@dataclasses.dataclass
+class DistillationTask:
+    """One distillation: which student, on which records, with which loss, optimizer and evaluation.
+
+    Attributes:
+      train_pattern: glob(s) of soft-label records.
+      image_size: the student's input side S.
+      global_batch_size: examples per step over all replicas.
+      alpha, temperature: the distillation loss (hard-label weight, T).
+      student, width, num_classes: what build_model builds (num_classes None: the records').
+      optimizer, learning_rate: what create_optimizer makes (cosine decay to 0).
+      teacher: online mode: a teacher run inside the step (None: offline, from the records).
+      spec: the records' RecordSpec (read from the files when None).
+      seed: the data order and the view choices.
+      shuffle_buffer: records in the input pipeline's shuffle buffer.
+      eval_pattern, eval_batch_size: labelled records for `evaluate` (centre crop).
+    """
+
+    train_pattern: str
+    image_size: int
+    global_batch_size: int
+    alpha: float
+    temperature: float
+    student: str = "mobilenet_v1"
+    width: float = 1.0
+    num_classes: int | None = None
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    teacher: object = None
+    spec: records.RecordSpec | None = None
+    seed: int = 0
+    shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER
+    eval_pattern: str | None = None
+    eval_batch_size: int = 100
+
+    @property
+    def online(self) -> bool:
+        return self.teacher is not None
+
+    def record_spec(self) -> records.RecordSpec:
+        """The training records' spec (read from the files when the task was not given one)."""
+        return self.spec or records.read_spec(records.expand_paths(self.train_pattern))
+
+    def build_model(self) -> keras.Model:
+        """A freshly initialized student (call inside the strategy's scope)."""
+        num_classes = self.num_classes or self.record_spec().num_classes
+        return students.build_student(self.student, self.width, self.image_size, num_classes)
+
+    def create_optimizer(self, decay_steps: int) -> keras.optimizers.Optimizer:
+        return make_optimizer(self.optimizer, self.learning_rate, decay_steps)
+
+    def build_inputs(self, strategy: tf.distribute.Strategy | None = None, seed_offset: int = 0):
+        """An endless iterator of training batches: per replica under `strategy`, plain batches without one.
+
+        `seed_offset` reseeds the stream (a resumed run passes its restored step, so it does not replay
+        the examples of the first steps).
+        """
+        def dataset(batch_size: int, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+            return data.make_dataset(
+                self.train_pattern, self.image_size, batch_size, training=True, seed=self.seed + seed_offset,
+                spec=self.spec, temperature=None if self.online else self.temperature,
+                teacher_image_size=tuple(self.teacher.input_size) if self.online else None,
+                shuffle_buffer=self.shuffle_buffer, input_context=input_context)
+
+        if strategy is None:
+            return iter(dataset(self.global_batch_size))
+        return iter(strategy.distribute_datasets_from_function(
+            lambda context: dataset(context.get_per_replica_batch_size(self.global_batch_size), context)))
+
+    def build_train_step(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                         strategy: tf.distribute.Strategy | None = None, step_counter: tf.Variable | None = None):
+        """A tf.function of an iterator: draws one batch, takes one step, returns the summed outputs.
+
+        `step_counter` (the checkpointed step variable) is incremented in the same graph.
+        """
+        replica_step = make_train_step(model, optimizer, strategy or tf.distribute.get_strategy(),
+                                       self.global_batch_size, self.alpha, self.temperature, self.teacher)
+
+        @tf.function
+        def train_step(iterator):
+            images, targets = next(iterator)
+            sums = replica_step(images, targets)
+            if step_counter is not None:
+                step_counter.assign_add(1)
+            return sums
+
+        return train_step
+
+    def interval_terms(self, sums: dict, steps: int | None = None) -> dict:
+        """The driver's `summarize`: loss and KL per example, cross-entropy and train top-1 per labelled example."""
+        del steps  # the sums carry their own example counts
+        examples = max(sums.get("examples", 0.0), 1.0)
+        return {"loss": sums["loss"] / examples, "cross_entropy": sums["cross_entropy"] / max(sums["labeled"], 1.0),
+                "kl_divergence": sums["kl_divergence"] / examples,
+                "train_top1": sums["correct"] / sums["labeled"] if sums["labeled"] else None}
+
+    def evaluate(self, model: keras.Model) -> dict:
+        """{'top1', 'top5', 'images'} of `model` on `eval_pattern`."""
+        if not self.eval_pattern:
+            raise ValueError("this task has no eval_pattern to evaluate on")
+        return evaluate(model, self.eval_pattern, self.image_size, self.eval_batch_size)
