@@ -33,8 +33,7 @@ def settings(runlocal: bool) -> dict:
     """The job settings shared by the ImageNet recipes (this one and imagenet_openimages)."""
     steps = 20 if runlocal else EPOCHS * TRAIN_IMAGES // GLOBAL_BATCH
     return dict(
-        extract={"top_k": 10, "logit_dtype": "float16", "store_image_max_side": 320, "batch_size": 64,
-                 "num_shards": 0 if runlocal else 1024},
+        extract={"top_k": 10, "logit_dtype": "float16", "store_image_max_side": 320, "batch_size": 64},
         train={"student": "mobilenet_v1", "width": 0.25, "image_size": 128,
                "batch_size": 32 if runlocal else GLOBAL_BATCH, "steps": steps,
                "learning_rate": 0.05 if runlocal else 0.4, "optimizer": "sgd",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob as glob_module
+import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -298,8 +299,31 @@ def decode(serialized: bytes) -> SoftLabelRecord:
         logit_dtype=logit_dtype)
 
 
+SUMMARY_SUFFIX = ".summary.json"
+
+
+def summary_shards(path: str) -> list[str]:
+    """The record files an extraction summary (PREFIX.summary.json) lists: exactly what that run wrote.
+
+    Raises:
+      FileNotFoundError: the summary is missing. RecordError: it lists no shards (not an extraction summary).
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no extraction summary at {path!r}")
+    try:
+        with tf.io.gfile.GFile(path) as file:
+            shards = json.load(file)["shards"]
+        return [str(shard["file"]) for shard in shards]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RecordError(f"{path}: not an extraction summary with a 'shards' list ({type(error).__name__}: "
+                          f"{error})") from None
+
+
 def expand_paths(pattern: str | Sequence[str]) -> list[str]:
     """Files matching a glob (or several, comma-separated or as a list); local or gs:// via tf.io.gfile.
+
+    An entry ending in .summary.json is an extraction's summary and stands for exactly the record files
+    it lists (not whatever else matches PREFIX-*).
 
     Raises:
       FileNotFoundError: naming the pattern when nothing matches.
@@ -308,6 +332,12 @@ def expand_paths(pattern: str | Sequence[str]) -> list[str]:
     patterns = [p for item in patterns for p in item.split(",") if p]
     paths: list[str] = []
     for item in patterns:
+        if item.endswith(SUMMARY_SUFFIX):
+            listed = summary_shards(item)
+            if not listed:
+                raise FileNotFoundError(f"{item}: the extraction summary lists no record files")
+            paths.extend(listed)
+            continue
         if "://" in item:
             matched = sorted(tf.io.gfile.glob(item))
         else:

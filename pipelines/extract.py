@@ -1,8 +1,10 @@
 """distillery-extract: teacher soft labels for every image of a source, as a Beam job.
 
 Reads a source, decodes each image, cuts V views, runs the teacher(s) on batches of views and writes
-top-k logits per view as soft-label TFRecords (PREFIX-SSSSS-of-NNNNN) plus one dead-letter JSON line
-per input that could not be used; records written + dead letters = inputs read. The work is in
+top-k logits per view as soft-label TFRecords (PREFIX-KEY.tfrecord, one per work unit, listed with their
+counts in PREFIX.summary.json) plus one dead-letter JSON line per input that could not be used; records
+written + dead letters = inputs read. An --output that holds an earlier run is refused unless
+--overwrite or --resume; --dry_run builds the pipeline and prints its size without running it. The work is in
 pipelines/extraction.py; Beam options go after `--` (or in one --beam_pipeline_options flag) and pass
 through untouched; with no --runner the job runs in this process on Beam's FnApiRunner.
 
@@ -16,6 +18,7 @@ through untouched; with no --runner the job runs in this process on Beam's FnApi
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +28,8 @@ from distillery import cli
 from pipelines import beam_options, extraction
 
 cli.define_flags(extraction.ExtractConfig)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the flags, the source and the teacher, build the pipeline, "
+                              "print one JSON line (pipeline_bytes, source, ...) and exit without running it.")
 _BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options", "", "Beam options as one string, e.g. '--runner=DataflowRunner --project=P'; "
     "added before the options given after `--`.")
@@ -50,7 +55,10 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     try:
-        # The DoFns live in the installed pipelines.extraction module; the absl __main__ need not be pickled.
+        if _DRY_RUN.value:
+            print(json.dumps(extraction.dry_run(config, beam_args_from(argv)), sort_keys=True))
+            return
+        # The DoFns live in installed pipelines modules; the absl __main__ need not be pickled.
         result = extraction.run(config, beam_args_from(argv), save_main_session=False)
     except (FileNotFoundError, ValueError) as error:  # bad source/teacher specs, reported before the run
         print(f"distillery-extract: error: {error}", file=sys.stderr)

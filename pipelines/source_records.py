@@ -40,7 +40,8 @@ class TFRecordFormatError(IOError):
     """A TFRecord file whose framing or checksums are wrong."""
 
 
-def _masked_crc(data: bytes) -> int:
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of `data` (the framing's checksum)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
@@ -58,13 +59,13 @@ def iterate_tfrecord(file: BinaryIO, verify: bool = True) -> Iterator[bytes]:
         if len(header) != 12:
             raise TFRecordFormatError("truncated record header")
         length, length_crc = struct.unpack("<QI", header)
-        if verify and _masked_crc(header[:8]) != length_crc:
+        if verify and masked_crc(header[:8]) != length_crc:
             raise TFRecordFormatError("corrupt record length (CRC mismatch)")
         data = file.read(length)
         footer = file.read(4)
         if len(data) != length or len(footer) != 4:
             raise TFRecordFormatError("truncated record")
-        if verify and _masked_crc(data) != struct.unpack("<I", footer)[0]:
+        if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
             raise TFRecordFormatError("corrupt record data (CRC mismatch)")
         yield data
 

@@ -1,16 +1,15 @@
-"""Running the teacher(s) inside Beam: one model per worker process, called on batches of views.
+"""The teacher(s) inside Beam workers: one model per worker process, called on fixed-size batches of views.
 
-Why a DoFn with Beam's `Shared` handle and not RunInference:
+Why our own DoFn (pipelines/extract_shard.py) with Beam's `Shared` handle and not RunInference:
 
 - RunInference's TensorFlow handlers (`apache_beam.ml.inference.tensorflow_inference`) import
   tensorflow_hub and load models with `tf.keras.models.load_model`, which cannot load a Keras 3
-  SavedModel (docs/decisions/006-tfds-and-no-runinference.md); a custom ModelHandler would be needed in any case.
-- Our unit of batching is the *view*, not the element: an image carries V views, a batch stacks the
-  views of several images, and the logits are split back per image. With `BatchElements(
-  element_size_fn=views)` in front of a DoFn that is explicit; RunInference batches elements and would
-  need a KeyedModelHandler to carry the per-image metadata (id, label, crops, stored image) through.
-- A batch may hold an image whose logits come out non-finite; that image becomes a dead letter while
-  the rest of the batch is written. A DoFn over the batch does this in a few lines.
+  SavedModel (docs/decisions/006-tfds-and-no-runinference.md); a custom ModelHandler would be needed in
+  any case.
+- Our unit of batching is the *view*, not the element: an image carries V views, a call stacks the views
+  of several images, and the logits are split back per image; an image whose logits come out non-finite
+  becomes a dead letter while the rest of the call is written.
+- A work unit is extracted whole inside one DoFn call, so no image bytes or pixels cross a shuffle.
 - `Shared` holds exactly one loaded teacher per worker process, across the DoFn instances that
   Dataflow runs in several threads of one process, and across bundles. The launcher acquires the same
   handle first (to check the specs and learn the input size before any heavy work), so a local
@@ -26,12 +25,10 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
-from absl import logging
 from apache_beam.utils import shared
 
 METRICS_NAMESPACE = "distillery.extract"
@@ -130,14 +127,14 @@ class Progress:
                     f"process {os.getpid()}; {self.images / elapsed:.1f} images/s")
 
 
-_PROGRESS = Progress()
+progress = Progress()  # this process's: every work unit it extracts adds to it
 
 
 def reset_progress() -> None:
     """Starts this process's progress count over: for a job launched in a process that ran one before
     (the in-process FnApiRunner's workers live in the launcher), whose counts and next log threshold
     would otherwise carry over and hide the new job's first lines. Remote workers start fresh anyway."""
-    _PROGRESS.reset()
+    progress.reset()
 
 
 def run_fixed_batches(teacher: Any, views: np.ndarray, batch_size: int) -> np.ndarray:
@@ -153,61 +150,3 @@ def run_fixed_batches(teacher: Any, views: np.ndarray, batch_size: int) -> np.nd
     if padded_count != count:
         views = np.concatenate([views, np.zeros((padded_count - count, *views.shape[1:]), views.dtype)], axis=0)
     return np.asarray(teacher.predict(views, batch_size=batch_size), np.float32)[:count]
-
-
-class RunTeacherFn(beam.DoFn):
-    """Runs the teacher on a batch of ViewedImages; yields (ViewedImage without pixels, [V, C] logits).
-
-    Images whose logits are not finite go to the `dead` output as (image_id, origin, "teacher", reason).
-    """
-
-    DEAD = "dead"
-
-    def __init__(self, loader: Callable[[], Any], handle: shared.Shared, batch_size: int, tag: str | None = None,
-                 log_every: int = 100):
-        self._loader = loader
-        self._batch_size = batch_size
-        self._handle = handle
-        self._tag = tag
-        self._log_every = log_every
-        self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "batches")
-        self._views = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "views")
-        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "teacher_failed")
-        self._labelled_views = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "labelled_views")
-        self._top1_correct = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "teacher_top1_correct")
-        self._batch_views = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "batch_views")
-        self._holder = None
-        self._teacher = None
-
-    def setup(self):
-        self._holder, self._teacher = load_shared_teacher(self._loader, self._handle, self._tag)
-
-    def process(self, batch: Sequence[ViewedImage]) -> Iterator[Any]:
-        if not batch:
-            return
-        _PROGRESS.start()
-        counts = [len(image.pixels) for image in batch]
-        stacked = np.concatenate([image.pixels for image in batch], axis=0)
-        logits = run_fixed_batches(self._teacher, stacked, self._batch_size)
-        self._batches.inc()
-        self._views.inc(len(stacked))
-        self._batch_views.update(len(stacked))
-        message = _PROGRESS.add(len(batch), len(stacked), self._log_every)
-        if message:
-            logging.info(message)
-        start, labelled_views, top1_correct = 0, 0, 0
-        for image, count in zip(batch, counts):
-            image_logits = logits[start:start + count]
-            start += count
-            image = dataclasses.replace(image, pixels=None)  # views no longer needed: keep the element small
-            if not np.all(np.isfinite(image_logits)):
-                self._failed.inc()
-                yield beam.pvalue.TaggedOutput(self.DEAD, (image.image_id, image.origin, "teacher",
-                                                           "teacher produced non-finite logits"))
-                continue
-            if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
-                labelled_views += count
-                top1_correct += int(np.sum(np.argmax(image_logits, axis=1) == image.label))
-            yield image, image_logits
-        self._labelled_views.inc(labelled_views)
-        self._top1_correct.inc(top1_correct)

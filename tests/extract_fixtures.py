@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from distillery import images, views
-from pipelines import extraction, sources
+from pipelines import extract_shard, sources
 
 INPUT_SIZE = 32
 NUM_CLASSES = 10
@@ -90,7 +90,7 @@ def good_items(count, start=0):
 
 def expected_logits(encoded, image_id, config, teacher=None):
     teacher = teacher or FakeTeacher()
-    image = images.decode_rgb(encoded, min_side=extraction.decode_min_side(INPUT_SIZE, config.views, config.min_scale))
+    image = images.decode_rgb(encoded, min_side=extract_shard.decode_min_side(INPUT_SIZE, config.views, config.min_scale))
     crops, flips = views.sample_views(image_id, config.seed, config.views, *image.shape[:2], config.min_scale)
     pixels = np.stack([views.crop_view(tf.constant(image), crop, flip, INPUT_SIZE).numpy()
                        for crop, flip in zip(crops, flips)])

@@ -97,7 +97,7 @@ def _expected_flags() -> dict[str, set[str]]:
 
     return {
         "distillery-train": names(train_config.TrainConfig) | {"strategy"},
-        "distillery-extract": names(extraction.ExtractConfig) | {"beam_pipeline_options"},
+        "distillery-extract": names(extraction.ExtractConfig) | {"beam_pipeline_options", "dry_run"},
         "distillery-factorize": names(factorize_job.JobConfig) | names(finetune.FinetuneConfig, ["train_pattern"]),
         "distillery-quantize": names(quantize_job.QuantizeConfig),
         "distillery-benchmark": names(job.BenchmarkConfig) | {"beam_pipeline_options"},

@@ -23,7 +23,7 @@ from extract_fixtures import (
 )
 
 from distillery import images, records
-from pipelines import extraction
+from pipelines import extract_shard, extraction, teacher_inference
 
 
 def config_for(tmp_path, **overrides):
@@ -148,26 +148,37 @@ def test_every_input_is_one_record_or_one_dead_letter(tmp_path):
     items = good_items(4)
     white = ("white", encode(np.full((40, 40, 3), 255, np.uint8)), 1, "/data/white.png")
     duplicate = ("img001", encode(photo(99)), 5, "/other/img001.png")  # same id, later origin: dropped
-    failed_copy = ("img002", b"", 2, "/another/img002.png")  # same id, fails: dead letter, record from the good one
+    failed_copy = ("img002", b"", 2, "/other/img002.png")  # same id, later origin: never read, a duplicate
     missing = ("img404", None, 0, "/data/img404.png")
     bad_only = ("junk", b"not an image", 0, "/data/junk.jpg")
     all_items = items + [duplicate, failed_copy, missing, bad_only, white]
     result, written, dead = run_job(tmp_path, all_items, loader=load_teacher_failing_on_white)
     assert sorted(written) == ["img000", "img001", "img002", "img003"]
-    assert written["img001"].image_path == "/data/img001.png"  # smallest origin of the id's good copies
+    assert written["img001"].image_path == "/data/img001.png"  # the smallest origin of the id's copies
     by_source = {letter["source"]: letter for letter in dead}
-    assert set(by_source) == {"/other/img001.png", "/another/img002.png", "/data/img404.png", "/data/junk.jpg",
+    assert set(by_source) == {"/other/img001.png", "/other/img002.png", "/data/img404.png", "/data/junk.jpg",
                               "/data/white.png"}
     assert by_source["/data/white.png"]["stage"] == "teacher" and "non-finite" in by_source["/data/white.png"]["reason"]
     assert by_source["/other/img001.png"]["stage"] == "duplicate"
-    assert "written from /data/img001.png" in by_source["/other/img001.png"]["reason"]
-    assert "empty file" in by_source["/another/img002.png"]["reason"]
+    assert "the copy written (or dead-lettered) is /data/img001.png" in by_source["/other/img001.png"]["reason"]
+    assert by_source["/other/img002.png"]["stage"] == "duplicate"  # dropped before it is read or decoded
     assert by_source["/data/img404.png"]["stage"] == "read" and by_source["/data/junk.jpg"]["stage"] == "decode"
     assert by_source["/data/junk.jpg"]["image_id"] == "junk"
     counters = result.counters
     assert len(written) + len(dead) == len(all_items) == counters["read"]
     assert (counters["written"], counters["dead_letters"], counters["duplicates"]) == (4, 5, 2)
-    assert (counters["read_failed"], counters["decode_failed"], counters["teacher_failed"]) == (1, 2, 1)
+    assert (counters["read_failed"], counters["decode_failed"], counters["teacher_failed"]) == (1, 1, 1)
+
+
+def test_the_copy_kept_is_chosen_by_origin_before_decoding_even_when_it_fails(tmp_path):
+    # Deduplication runs on (id, origin) keys before any image is decoded: the smallest origin is the
+    # copy extracted; when it turns out undecodable, the id is a dead letter and no other copy replaces it.
+    twins = [("twin", b"", 0, "/a/twin.png"), ("twin", encode(photo(7)), 0, "/b/twin.png")]
+    result, written, dead = run_job(tmp_path, good_items(1) + twins)
+    assert sorted(written) == ["img000"]
+    assert {(letter["source"], letter["stage"]) for letter in dead} == {("/a/twin.png", "decode"),
+                                                                        ("/b/twin.png", "duplicate")}
+    assert result.counters["read"] == 3 and result.summary["balanced"]
 
 
 def test_a_shard_that_fails_part_way_dead_letters_each_unread_input(tmp_path):
@@ -205,21 +216,49 @@ def test_bad_flags_fail_early_naming_the_flag(tmp_path):
 
 
 def test_decode_min_side_never_upsamples_a_view():
-    assert extraction.decode_min_side(224, 1, 0.08) == 256  # "resize 256, crop 224"
-    side = extraction.decode_min_side(224, 4, 0.08)
+    assert extract_shard.decode_min_side(224, 1, 0.08) == 256  # "resize 256, crop 224"
+    side = extract_shard.decode_min_side(224, 4, 0.08)
     assert side * np.sqrt(0.08 * 0.75) >= 224 > (side - 1) * np.sqrt(0.08 * 0.75)
 
 
-def test_keep_one_per_id_in_a_test_pipeline():
-    outcomes = [("a", (1, "/z/a", "decode", "empty file")), ("a", (0, "/y/a", "", b"rec-y")),
-                ("a", (0, "/x/a", "", b"rec-x")), ("b", (1, "/b1", "read", "gone")), ("b", (1, "/b2", "decode", "bad"))]
+def test_chosen_copies_keep_the_smallest_origin_of_an_id_listed_twice():
+    keys = [("a", "/z/a"), ("a", "/y/a"), ("a", "/x/a"), ("b", "/b1"), ("c", "/c"), ("c", "/c")]
     with BeamTestPipeline(runner=FnApiRunner()) as pipeline:
-        kept = (pipeline | beam.Create(outcomes) | beam.GroupByKey()
-                | beam.ParDo(extraction.KeepOnePerIdFn()).with_outputs(extraction.DEAD, main="records"))
-        assert_that(kept.records, equal_to([b"rec-x"]), label="Records")
-        dead = kept[extraction.DEAD] | beam.Map(lambda line: (json.loads(line)["source"], json.loads(line)["stage"]))
-        assert_that(dead, equal_to([("/y/a", "duplicate"), ("/z/a", "duplicate"), ("/b1", "read"), ("/b2", "decode")]),
-                    label="Dead")
+        chosen = pipeline | beam.Create(keys) | beam.GroupByKey() | beam.FlatMap(extract_shard.chosen_copies)
+        # b is listed once; c twice from the same origin, which is one input listed twice, not a duplicate.
+        assert_that(chosen, equal_to([("a", "/x/a")]))
+
+
+class _CountingTeacher:
+    """Logits = the view's mean pixel, plus how many views its call held (so a wrong split shows)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, batch, batch_size=32):
+        self.calls.append(len(batch))
+        return np.stack([batch.mean(axis=(1, 2, 3)), np.full(len(batch), len(batch))], axis=1)
+
+
+def _viewed(image_id, values):
+    pixels = np.stack([np.full((2, 2, 3), value, np.float32) for value in values])
+    return teacher_inference.ViewedImage(image_id=image_id, label=-1, origin=image_id, crops=np.zeros((len(values), 4)),
+                                     flips=np.zeros(len(values), bool), pixels=pixels)
+
+
+def test_view_batcher_calls_the_teacher_on_exactly_batch_size_views_and_splits_them_back():
+    teacher = _CountingTeacher()
+    batcher = extract_shard.ViewBatcher(teacher, batch_size=4)
+    finished = batcher.add(_viewed("a", [1, 2, 3]))          # 3 views: no call yet
+    assert finished == [] and teacher.calls == []
+    finished = batcher.add(_viewed("b", [4, 5, 6]))          # 6 views: one call of 4; a is complete
+    assert [image.image_id for image, _ in finished] == ["a"] and teacher.calls == [4]
+    np.testing.assert_array_equal(finished[0][1], [[1, 4], [2, 4], [3, 4]])
+    assert finished[0][0].pixels is None                     # the pixels are dropped once the logits exist
+    finished = batcher.flush()                               # 2 views left: one padded call of 4
+    assert [image.image_id for image, _ in finished] == ["b"] and teacher.calls == [4, 4]
+    np.testing.assert_array_equal(finished[0][1][:, 0], [4, 5, 6])
+    assert (batcher.calls, batcher.views) == (2, 6)
 
 
 def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
@@ -245,3 +284,57 @@ def test_a_second_job_in_the_same_process_logs_its_own_progress(tmp_path, caplog
     run_job(tmp_path / "second", good_items(7), views=3, seed=5, per_shard=2)
     progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
     assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress
+
+
+def test_an_earlier_output_is_refused_unless_overwrite_or_resume(tmp_path):
+    items = good_items(4)
+    run_job(tmp_path, items, per_shard=2)
+    with pytest.raises(ValueError, match=r"--output=.*soft: an earlier run's output is there .*--overwrite.*--resume"):
+        run_job(tmp_path, items, per_shard=2)
+    # A stale file of another run under the prefix: --overwrite removes it, and everything else, first.
+    stale = tmp_path / "out" / "soft-stale.tfrecord"
+    stale.write_bytes(b"")
+    result, written, dead = run_job(tmp_path, items, per_shard=4, overwrite=True)
+    assert not stale.exists() and sorted(written) == [item[0] for item in items] and dead == []
+    assert [shard["records"] for shard in result.summary["shards"]] == [4]  # one work unit of 4 now
+    with pytest.raises(ValueError, match="--overwrite and --resume exclude each other"):
+        run_job(tmp_path, items, overwrite=True, resume=True)
+    with pytest.raises(ValueError, match=r"settings differ .*--seed: 0, 3"):
+        run_job(tmp_path, items, per_shard=4, resume=True, seed=3)
+
+
+def test_readers_given_the_summary_read_exactly_the_files_it_lists(tmp_path):
+    items = good_items(5)
+    result, written, _ = run_job(tmp_path, items, per_shard=2)
+    summary = extraction.summary_path(config_for(tmp_path).output)
+    assert len(result.summary["shards"]) == 3 and result.summary["records"] == 5
+    # A file that matches PREFIX-* but is not this run's: the glob reads it, the summary does not.
+    stray = str(tmp_path / "out" / "soft-zzz.tfrecord")
+    records.write_records(stray, [records.decode(records.encode(written["img000"]))])
+    assert len(list(records.read_records(config_for(tmp_path).output + "-*"))) == 6
+    assert sorted(record.image_id for record in records.read_records(summary)) == sorted(written)
+    assert records.expand_paths(summary) == [shard["file"] for shard in result.summary["shards"]]
+    with pytest.raises(records.RecordError, match="not an extraction summary"):
+        bogus = tmp_path / "bogus.summary.json"
+        bogus.write_text("{}")
+        records.expand_paths(str(bogus))
+
+
+def test_resume_skips_committed_work_units_and_counts_all_of_them(tmp_path):
+    items = good_items(6)
+    result, first, _ = run_job(tmp_path / "a", items, per_shard=2)
+    # Drop one work unit's commit, as a run killed before that shard finished would leave it.
+    manifest = tmp_path / "a" / "out" / "soft.shards" / "000001.json"
+    manifest.unlink()
+    committed = {shard["file"]: open(shard["file"], "rb").read() for shard in result.summary["shards"]}
+    resumed, again, _ = run_job(tmp_path / "a", items, per_shard=2, resume=True)
+    assert resumed.summary["resumed_shards"] == 2 and resumed.counters["read"] == 6 and resumed.summary["balanced"]
+    assert {shard["file"]: open(shard["file"], "rb").read() for shard in resumed.summary["shards"]} == committed
+    assert sorted(again) == sorted(first)
+
+
+def test_dry_run_builds_the_pipeline_and_reports_its_size_without_running(tmp_path):
+    config = config_for(tmp_path)
+    report = extraction.dry_run(config, source=ListSource(good_items(3), 2), teacher_loader=load_fake_teacher)
+    assert report["pipeline_bytes"] > 1000 and report["source"] == "list:test" and report["teachers"] == ["fake"]
+    assert report["existing_outputs"] == 0 and not (tmp_path / "out").exists()  # nothing written

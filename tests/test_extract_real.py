@@ -27,7 +27,7 @@ from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, l
 from PIL import Image
 
 from distillery import images, records, views
-from pipelines import extraction
+from pipelines import extract_shard, extraction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Photos that are files inside the scikit-image wheel (others download on first use: not used).
@@ -77,7 +77,7 @@ def test_builtin_teacher_top1_equals_a_direct_call_on_the_same_view(tmp_path):
     written, dead = _read_outputs(config)
     assert dead == [] and len(written) == len(SKIMAGE_PHOTOS) == result.counters["written"]
     teacher = teachers.load_teacher(spec)
-    min_side = extraction.decode_min_side(224, config.views, config.min_scale)
+    min_side = extract_shard.decode_min_side(224, config.views, config.min_scale)
     agreements = 0
     for record in written.values():
         assert record.teachers == [spec] and record.label == -1 and record.num_classes == 1000
@@ -206,11 +206,12 @@ def test_gcs_round_trip_on_the_emulator(tmp_path, gcs_emulator):
         gcs_emulator.upload(url, data)
     config = extraction.ExtractConfig(source=f"folder:gs://{bucket}/in", teachers=("fake",),
                                       output=f"gs://{bucket}/out/soft", dead_letter=f"gs://{bucket}/out/dead.jsonl",
-                                      batch_size=4, num_shards=2)
+                                      batch_size=4, examples_per_shard=2)
     result = _run(config)
     outputs = gcs_emulator.list(f"gs://{bucket}/out/")
     shards = [url for url in outputs if "/out/soft-" in url]
-    assert len(shards) == 2 and f"gs://{bucket}/out/soft.summary.json" in outputs
+    assert len(shards) == 2 and f"gs://{bucket}/out/soft.summary.json" in outputs  # 4 inputs, 2 per work unit
+    assert not [url for url in outputs if ".tmp-" in url]  # every temporary file was renamed into place
     local = tmp_path / "staged"
     local.mkdir()
     for url in shards:  # tf.io.gfile cannot reach the emulator: stage through Beam FileSystems
@@ -226,6 +227,8 @@ def test_gcs_round_trip_on_the_emulator(tmp_path, gcs_emulator):
     assert [letter["image_id"] for letter in dead] == ["cats/broken.jpg"]
     summary = json.loads(gcs_emulator.download(f"gs://{bucket}/out/soft.summary.json"))
     assert summary["counters"]["written"] == 3 and summary["counters"]["dead_letters"] == 1
+    assert sorted(shard["file"] for shard in summary["shards"]) == sorted(shards)
+    assert sum(shard["records"] for shard in summary["shards"]) == 3
     assert result.counters["read"] == 4
 
 
@@ -271,7 +274,7 @@ def test_command_line_with_two_worker_processes(tmp_path):
     for record in written.values():
         assert record.teachers == ["tiny.keras", "tiny.keras"] and record.top_k == 3
         with open(record.image_path, "rb") as file:
-            image = images.decode_rgb(file.read(), min_side=extraction.decode_min_side(INPUT_SIZE, 2, 0.08))
+            image = images.decode_rgb(file.read(), min_side=extract_shard.decode_min_side(INPUT_SIZE, 2, 0.08))
         pixels = np.stack([views.crop_view(tf.constant(image), crop, flip, INPUT_SIZE).numpy()
                            for crop, flip in zip(record.crops, record.flips)])
         direct = teacher.predict(pixels)  # the ensemble of one model twice: the mean is the model

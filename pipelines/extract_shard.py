@@ -1,0 +1,293 @@
+"""Extracting one work unit of a source: read -> decode -> views -> teacher -> records, committed as one.
+
+A work unit (a shard of the source) is processed whole by one DoFn call, so nothing that carries image
+bytes, pixels or views crosses a shuffle: only shard descriptions go in and small manifests come out.
+The teacher is called on exactly `batch_size` views each time (views of consecutive images share a
+call; only the shard's last call is padded), so a view's logits do not depend on its neighbours and a
+rerun writes byte-identical records. The shard's records are streamed to a temporary file and committed
+with its manifest (pipelines/shard_output.py); with `resume`, a committed shard is not done again.
+
+    python -c "from pipelines import extract_shard; help(extract_shard.ExtractShardFn)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from absl import logging
+from apache_beam.utils import shared
+
+from distillery import images, records, views
+from pipelines import shard_output
+from pipelines.teacher_inference import METRICS_NAMESPACE, ViewedImage, load_shared_teacher, progress, run_fixed_batches
+
+COUNTERS = ("read", "read_failed", "decode_failed", "teacher_failed", "duplicates", "written", "dead_letters",
+            "batches", "views", "labelled_views", "teacher_top1_correct")
+
+
+def dead_letter_json(image_id: str, origin: str, stage: str, reason: str) -> str:
+    """One dead-letter line: {"image_id", "source", "stage", "reason"}."""
+    return json.dumps({"image_id": image_id, "source": origin, "stage": stage, "reason": reason}, sort_keys=True)
+
+
+def is_failure(item: Any) -> bool:
+    """Whether a source item is a ReadFailure (it has a reason and no bytes)."""
+    return hasattr(item, "reason") and not hasattr(item, "encoded")
+
+
+def shard_fingerprint(shard: Any) -> str:
+    """A digest of a shard's description: a resumed run checks that a key still means the same inputs."""
+    return hashlib.sha256(repr(shard).encode("utf-8")).hexdigest()[:16]
+
+
+def decode_min_side(input_side: int, num_views: int, min_scale: float) -> int:
+    """The shorter image side a JPEG may be reduced to (DCT scaling) without upsampling any view.
+
+    A centre crop covers 87.5% of each side; a random view at least sqrt(min_scale * 3/4) of the shorter
+    side (area fraction min_scale, aspect ratio up to 4/3). Decoding at a smaller scale than this would
+    make the teacher see an upsampled, blurrier view than the full-resolution image gives.
+    """
+    fraction = views.CENTRAL_FRACTION if num_views == 1 else math.sqrt(min_scale * views.ASPECT_RATIO_RANGE[0])
+    return int(math.ceil(input_side / fraction))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """What the per-shard work needs of the job's configuration."""
+
+    output: str
+    num_views: int
+    seed: int
+    min_scale: float
+    store_image_max_side: int
+    batch_size: int
+    top_k: int
+    logit_dtype: str
+    log_every: int
+    resume: bool
+
+
+def make_views(example: Any, image: np.ndarray, crop: Callable, num_views: int, seed: int, min_scale: float,
+               store_image_max_side: int = 0) -> ViewedImage:
+    """The ViewedImage of a decoded [H, W, 3] uint8 image: sampled boxes and flips, and their pixels.
+
+    `crop` is `views.compiled_crop_views(size)`: all views of the image in one call."""
+    height, width = image.shape[:2]
+    crops, flips = views.sample_views(str(example.image_id), seed, num_views, height, width, min_scale)
+    pixels = crop(image, crops.astype(np.float32), flips.astype(bool)).numpy()
+    encoded = images.encode_bounded(image, store_image_max_side) if store_image_max_side > 0 else b""
+    return ViewedImage(image_id=str(example.image_id), label=int(example.label), origin=str(example.origin),
+                       crops=crops, flips=flips, pixels=pixels, encoded_image=encoded)
+
+
+def to_record(viewed: ViewedImage, logits: np.ndarray, teacher_names: Sequence[str], top_k: int,
+              logit_dtype: str) -> bytes:
+    """The serialized soft-label record of one image and its [V, C] logits (top_k 0 = all classes)."""
+    num_classes = logits.shape[1]
+    k = num_classes if top_k <= 0 else min(top_k, num_classes)
+    record = records.make_record(viewed.image_id, viewed.label, teacher_names, viewed.crops, viewed.flips, logits,
+                                 k, encoded_image=viewed.encoded_image, image_path=viewed.origin,
+                                 logit_dtype=logit_dtype)
+    return records.encode(record)
+
+
+class ViewBatcher:
+    """Feeds the views of consecutive images to the teacher in calls of exactly `batch_size` views.
+
+    `add` returns the images whose every view has its logits, in the order they were added; `flush`
+    finishes the rest with one padded call. At most `batch_size` + V views are held at a time.
+    """
+
+    def __init__(self, teacher: Any, batch_size: int):
+        self._teacher, self._batch_size = teacher, batch_size
+        self._images: list[ViewedImage] = []      # waiting, in order
+        self._logits: list[list[np.ndarray]] = []  # per waiting image, the logits of its views so far
+        self._queue: list[tuple[int, np.ndarray]] = []  # (waiting image position, one view's pixels)
+        self.calls = 0
+        self.views = 0
+
+    def add(self, image: ViewedImage) -> list[tuple[ViewedImage, np.ndarray]]:
+        position = len(self._images)
+        self._images.append(image)
+        self._logits.append([])
+        self._queue.extend((position, view) for view in image.pixels)
+        while len(self._queue) >= self._batch_size:
+            self._run(self._batch_size)
+        return self._pop_finished()
+
+    def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
+        if self._queue:
+            self._run(len(self._queue))
+        return self._pop_finished()
+
+    def _run(self, count: int) -> None:
+        taken, self._queue = self._queue[:count], self._queue[count:]
+        logits = run_fixed_batches(self._teacher, np.stack([view for _, view in taken]), self._batch_size)
+        for (position, _), row in zip(taken, logits):
+            self._logits[position].append(row)
+        self.calls += -(-count // self._batch_size)
+        self.views += count
+
+    def _pop_finished(self) -> list[tuple[ViewedImage, np.ndarray]]:
+        finished = 0
+        while finished < len(self._images) and len(self._logits[finished]) == len(self._images[finished].pixels):
+            finished += 1
+        done = [(dataclasses.replace(image, pixels=None), np.stack(logits))
+                for image, logits in zip(self._images[:finished], self._logits[:finished])]
+        if finished:
+            self._images, self._logits = self._images[finished:], self._logits[finished:]
+            self._queue = [(position - finished, view) for position, view in self._queue]
+        return done
+
+
+class ExtractShardFn(beam.DoFn):
+    """(key, shard) -> the committed shard's manifest: every input of the shard is a record or a dead letter.
+
+    Side input `duplicates`: {image id: the origin whose copy is kept} for ids listed more than once; every
+    other copy is a dead letter (stage "duplicate") without being read.
+    """
+
+    def __init__(self, source: Any, loader: Callable[[], Any], handle: shared.Shared, settings: ShardSettings,
+                 teacher_names: Sequence[str], input_size: tuple[int, int]):
+        self._source, self._loader, self._handle = source, loader, handle
+        self._settings = settings
+        self._teacher_names = tuple(teacher_names)
+        self._input_size = tuple(input_size)
+        self._min_side = max(decode_min_side(max(self._input_size), settings.num_views, settings.min_scale),
+                             settings.store_image_max_side)
+        self._metrics = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in COUNTERS}
+        self._holder = self._teacher = self._crop = None
+
+    def setup(self):
+        self._holder, self._teacher = load_shared_teacher(self._loader, self._handle)
+        self._crop = views.compiled_crop_views(self._input_size)
+
+    def process(self, keyed_shard: tuple[str, Any], duplicates: Mapping[str, str] | None = None) -> Iterator[dict]:
+        key, shard = keyed_shard
+        fingerprint = shard_fingerprint(shard)
+        if self._settings.resume:
+            manifest = shard_output.read_manifest(self._settings.output, key)
+            if manifest is not None and manifest.get("shard") == fingerprint:
+                yield {**manifest, "resumed": True}
+                return
+        writer = shard_output.ShardWriter(self._settings.output, key)
+        try:
+            counts, dead = self._extract(shard, writer, duplicates or {})
+            manifest = writer.commit({"shard": fingerprint, "counters": counts, "dead_letters": dead})
+        except BaseException:
+            writer.abort()
+            raise
+        for name, value in counts.items():
+            self._metrics[name].inc(value)
+        yield manifest
+
+    def _extract(self, shard: Any, writer: shard_output.ShardWriter,
+                 duplicates: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
+        settings = self._settings
+        counts = dict.fromkeys(COUNTERS, 0)
+        dead: list[str] = []
+
+        def dead_letter(image_id: str, origin: str, stage: str, reason: str, counter: str | None) -> None:
+            dead.append(dead_letter_json(image_id, origin, stage, reason))
+            if counter:
+                counts[counter] += 1
+
+        def finish(finished: list[tuple[ViewedImage, np.ndarray]]) -> None:
+            for image, logits in finished:
+                if not np.all(np.isfinite(logits)):
+                    dead_letter(image.image_id, image.origin, "teacher", "teacher produced non-finite logits",
+                                "teacher_failed")
+                    continue
+                if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
+                    counts["labelled_views"] += len(logits)
+                    counts["teacher_top1_correct"] += int(np.sum(np.argmax(logits, axis=1) == image.label))
+                writer.write(to_record(image, logits, self._teacher_names, settings.top_k, settings.logit_dtype))
+                counts["written"] += 1
+
+        reported = {"images": 0, "views": 0}
+
+        def report(batcher: ViewBatcher) -> None:
+            """Adds what this shard finished since the last line to the process's progress."""
+            if batcher.views == reported["views"]:
+                return
+            message = progress.add(counts["written"] - reported["images"], batcher.views - reported["views"],
+                                   settings.log_every)
+            reported.update(images=counts["written"], views=batcher.views)
+            if message:
+                logging.info(message)
+
+        progress.start()
+        batcher = ViewBatcher(self._teacher, max(settings.batch_size, 1))
+        for item in self._read(shard, counts, dead_letter):
+            winner = duplicates.get(str(item.image_id))
+            if winner is not None and winner != str(item.origin):
+                dead_letter(str(item.image_id), str(item.origin), "duplicate",
+                            f"duplicate image id: the copy written (or dead-lettered) is {winner}", "duplicates")
+                continue
+            if is_failure(item):
+                dead_letter(str(item.image_id), str(item.origin), "read", str(item.reason), "read_failed")
+                continue
+            try:
+                image = images.decode_rgb(item.encoded, min_side=self._min_side)
+                viewed = make_views(item, image, self._crop, settings.num_views, settings.seed, settings.min_scale,
+                                    settings.store_image_max_side)
+            except Exception as error:  # pylint: disable=broad-except  # inputs are untrusted: never fail the job
+                reason = str(error) if isinstance(error, images.ImageDecodeError) else f"{type(error).__name__}: {error}"
+                dead_letter(str(item.image_id), str(item.origin), "decode", reason, "decode_failed")
+                continue
+            calls = batcher.calls
+            finish(batcher.add(viewed))
+            if batcher.calls != calls:
+                report(batcher)
+        finish(batcher.flush())
+        report(batcher)
+        counts["batches"], counts["views"] = batcher.calls, batcher.views
+        counts["dead_letters"] = len(dead)
+        return counts, dead
+
+    def _read(self, shard: Any, counts: dict[str, int], dead_letter: Callable) -> Iterator[Any]:
+        """The shard's items; a shard whose reading fails part-way dead-letters each input it still held."""
+        already_read = 0
+        try:
+            for item in self._source.read_shard(shard):
+                already_read += 1
+                counts["read"] += 1
+                yield item
+        except Exception as error:  # pylint: disable=broad-except  # an unreadable shard must not stop the job
+            reason = f"shard failed after {already_read} input(s): {type(error).__name__}: {error}"
+            unread = self._source.unread_inputs(shard, already_read)
+            for image_id, origin in unread if unread is not None else [(f"{shard}[{already_read}:]",) * 2]:
+                counts["read"] += 1
+                dead_letter(image_id, origin, "read", reason, "read_failed")
+
+
+def read_keys(source: Any, shard: Any) -> Iterator[tuple[str, str]]:
+    """(image id, origin) of every input of a shard, for the deduplication before any image is decoded.
+
+    A source may provide `read_keys(shard)` that avoids reading image bytes (file listings); otherwise the
+    shard is read and only the keys are kept. A shard that cannot be read yields what it could.
+    """
+    reader = getattr(source, "read_keys", None)
+    try:
+        if reader is not None:
+            yield from reader(shard)
+        else:
+            for item in source.read_shard(shard):
+                yield str(item.image_id), str(item.origin)
+    except Exception as error:  # pylint: disable=broad-except  # the extraction pass reports the failure
+        logging.warning("extract: keys of shard %r stop at %s", shard, error)
+
+
+def chosen_copies(keyed: tuple[str, Sequence[str]]) -> Iterator[tuple[str, str]]:
+    """(image id, the origin kept) for an id listed from more than one origin: the smallest origin."""
+    image_id, origins = keyed
+    distinct = sorted(set(origins))
+    if len(distinct) > 1:
+        yield image_id, distinct[0]
