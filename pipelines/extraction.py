@@ -23,8 +23,10 @@ teacher's classes (the demo, tfds ImageNet); `folder:` labels are folder positio
 
 Pipeline (step labels as in the Beam UI):
 
-    [ReadKeys -> GroupKeys -> ChooseCopies]  (only for sources whose ids can repeat)
-    CreateShards -> ReshuffleShards -> ExtractShards (read, decode, views, teacher, commit each shard)
+    CreateShards (work units made by the launcher: tfds, idx, capped tfrecord)
+      or ListShards (folder, glob: patterns matched and grouped into work units on the workers)
+    -> ReshuffleShards -> [ReadKeys -> GroupKeys -> ChooseCopies]  (only for sources whose ids can repeat)
+    -> ExtractShards (read, decode, views, teacher, commit each shard)
       -> CollectManifests -> Finalize (dead-letter file, totals)
 
 Only shard descriptions and small manifests cross a shuffle; image bytes, pixels and views never do.
@@ -51,9 +53,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.utils import shared
 
-from distillery import records, views
+from distillery import records, saved_model_check, views
 from distillery.cli import option
-from pipelines import extract_shard, gcs, shard_output, teacher_inference
+from pipelines import extract_shard, gcs, listing, shard_output, teacher_inference
 from pipelines.extract_shard import COUNTERS
 from pipelines.teacher_inference import METRICS_NAMESPACE, TeacherLoader, load_shared_teacher
 
@@ -92,6 +94,7 @@ class ExtractConfig:
                                          "the summary) and the dead-letter file.")
     resume: bool = option(False, help="Finish an earlier run into the same --output: its committed work units "
                                       "are kept and skipped, the rest is done; the settings must be the same.")
+    trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
 
     def validate(self) -> None:
         """Raises ValueError naming the flag of the first bad value (before any heavy work)."""
@@ -155,9 +158,11 @@ def keyed_shards(source: Any) -> list[tuple[str, Any]]:
 def build(pipeline: beam.Pipeline, config: ExtractConfig, source: Any, teacher_loader: Callable[[], Any],
           teacher_handle: shared.Shared, teacher_names: Sequence[str], input_size: tuple[int, int]) -> Any:
     """Adds the extraction steps to `pipeline` (see the module docstring); returns the totals PCollection."""
-    shards = (pipeline
-              | "CreateShards" >> beam.Create(keyed_shards(source), reshuffle=False)
-              | "ReshuffleShards" >> beam.Reshuffle())
+    if hasattr(source, "listing"):  # listed on the workers: the graph holds patterns, not files
+        shards = pipeline | "ListShards" >> listing.ListedShards(source.listing())
+    else:
+        shards = pipeline | "CreateShards" >> beam.Create(keyed_shards(source), reshuffle=False)
+    shards = shards | "ReshuffleShards" >> beam.Reshuffle()
     if getattr(source, "unique_ids", False):
         duplicates = beam.pvalue.AsDict(pipeline | "NoDuplicates" >> beam.Create([]))
     else:
@@ -252,7 +257,7 @@ def open_inputs(config: ExtractConfig, source: Any = None,
     for path in (config.output, config.dead_letter, config.source.split(":", 1)[-1]):
         if gcs.is_gcs_path(path):
             gcs.use_emulator_credentials()
-    teacher_loader = teacher_loader or TeacherLoader(tuple(config.teachers))
+    teacher_loader = teacher_loader or TeacherLoader(tuple(config.teachers), config.trust_saved_model)
     if source is None:
         from pipelines import sources  # pylint: disable=import-outside-toplevel
 

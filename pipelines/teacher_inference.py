@@ -36,18 +36,20 @@ METRICS_NAMESPACE = "distillery.extract"
 
 @dataclasses.dataclass(frozen=True)
 class TeacherLoader:
-    """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits)."""
+    """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits), and
+    whether a SavedModel among them is loaded without its op check (--trust_saved_model)."""
 
     specs: tuple[str, ...]
+    trust_saved_model: bool = False
 
     def __call__(self):
         from distillery import teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
 
-        return teachers.load_teachers(list(self.specs))
+        return teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
 
     @property
     def tag(self) -> str:
-        return "teachers:" + "|".join(self.specs)
+        return "teachers:" + "|".join(self.specs) + (" (trusted)" if self.trust_saved_model else "")
 
 
 class _Holder:

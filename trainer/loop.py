@@ -125,10 +125,10 @@ def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=Non
         eval_batch_size=config.eval_batch_size)
 
 
-def _load_teacher(spec: str):
+def _load_teacher(spec: str, trust_saved_model: bool = False):
     from distillery import teachers  # pylint: disable=import-outside-toplevel (only online mode needs it)
 
-    return teachers.load_teacher(spec)
+    return teachers.load_teacher(spec, trust_saved_model=trust_saved_model)
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, teacher=None,
@@ -162,7 +162,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     if config.teacher and teacher is None:
         with strategy.scope():
             try:
-                teacher = _load_teacher(config.teacher)
+                teacher = _load_teacher(config.teacher, config.trust_saved_model)
             except (FileNotFoundError, ValueError) as error:
                 raise TrainInputError(f"--teacher={config.teacher}: {error}") from None
         if teacher.num_classes != spec.num_classes:

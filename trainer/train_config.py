@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from distillery import saved_model_check
 from distillery.cli import option
 from trainer import data, students
 
@@ -25,6 +26,7 @@ class TrainConfig:
     eval_pattern: str | None = option(None, flag="eval", help="Glob(s) of labeled records for the final top-1/top-5.")
     teacher: str | None = option(None, help="Online mode: a teacher spec (.keras, SavedModel dir, builtin:NAME) run "
                                             "inside the step; default: offline, from the records.")
+    trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
     num_classes: int | None = option(None, help="Expected number of classes (default: the records'); "
                                                 "a mismatch anywhere is an error.")
     batch_size: int = option(64, help="Global batch size (over all replicas and workers).")
