@@ -208,7 +208,7 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
         f"--source=tfrecord:{getattr(splits, part)}", f"--teacher={path('teacher.keras')}",
         f"--output={path('soft', part)}", f"--dead_letter={path('dead_letters', part + '.jsonl')}",
         f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
-        "--store_image_max_side=64"], f"extract {part}")
+        "--store_image_max_side=64", "--overwrite"], f"extract {part}")
         for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))])
     # The test extraction ran the teacher on every test image's centre crop (the view the students are
     # scored on) and counted its top-1 against the labels: no second pass over the test set.

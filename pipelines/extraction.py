@@ -197,7 +197,11 @@ def prepare_output(config: ExtractConfig) -> None:
     if existing and config.overwrite:
         removed = shard_output.remove_outputs(config.output, config.dead_letter)
         logging.info("extract: --overwrite removed %d file(s) of an earlier run under %s", removed, config.output)
-    elif existing and not config.resume:
+    elif existing and config.resume:
+        stale = shard_output.remove_temporaries(config.output)
+        if stale:
+            logging.info("extract: --resume removed %d temporary file(s) of interrupted work units", stale)
+    elif existing:
         raise ValueError(f"--output={config.output}: an earlier run's output is there ({existing[0]}"
                          f"{f' and {len(existing) - 1} more' if len(existing) > 1 else ''}); pass --overwrite to "
                          "replace it or --resume to finish it")

@@ -87,6 +87,14 @@ def remove_outputs(prefix: str, dead_letter: str | None = None) -> int:
     return len(paths)
 
 
+def remove_temporaries(prefix: str) -> int:
+    """Deletes the temporary files that work units interrupted mid-write left; returns how many."""
+    paths = _matches(manifests_dir(prefix) + "/*.tmp-*")
+    if paths:
+        FileSystems.delete(paths)
+    return len(paths)
+
+
 def check_writable(prefix: str) -> None:
     """Creates the prefix's folder where it is local and fails naming it when files cannot be made there.
 

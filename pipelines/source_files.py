@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -31,8 +32,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+from apache_beam.io.filesystems import FileSystems
+
 from distillery import imagenet
 from pipelines import file_io
+from pipelines import listing as listing_module
 from pipelines.sources import (
     ImageSource,
     ReadFailure,
@@ -79,18 +83,29 @@ def read_file_shard(shard: FileShard) -> Iterator[SourceItem]:
 
 
 class _FileListSource(ImageSource):
-    """A source whose inputs are listed up front as (image_id, location, label) entries."""
+    """A source whose inputs are (image_id, location, label) entries.
+
+    Opening it only validates the spec (`_validate`); the entries are listed when first asked for, in
+    this process (`entries`, `shards`: local runs, tests), or on the Beam workers (`listing`: the job).
+    """
 
     def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
         super().__init__(spec, max_examples, examples_per_shard)
         self.argument = argument
-        start = time.monotonic()
-        entries = self._list_entries()
-        logging.info("source %r: %d inputs listed in %.1f s", spec, len(entries), time.monotonic() - start)
-        self._entries: list[tuple[str, str, int]] | None = entries[:max_examples] if max_examples else entries
+        self._entries: list[tuple[str, str, int]] | None = None
+        self._validate()
+
+    def _validate(self) -> None:
+        """Raises SourceSpecError / FileNotFoundError for a spec that cannot work, without listing it all."""
+        self.entries()
 
     def _list_entries(self) -> list[tuple[str, str, int]]:
         raise NotImplementedError
+
+    def read_keys(self, shard: FileShard) -> Iterator[tuple[str, str]]:
+        """(image id, location) of the shard's entries, without reading any image."""
+        for image_id, location, _ in shard.entries:
+            yield image_id, location
 
     def __getstate__(self):
         # Workers need only their shard, not the (possibly million-entry) listing.
@@ -99,9 +114,11 @@ class _FileListSource(ImageSource):
         return state
 
     def entries(self) -> list[tuple[str, str, int]]:
-        """All (image_id, location, label) entries, in order, after max_examples."""
+        """All (image_id, location, label) entries, in order, after max_examples (listed here, once)."""
         if self._entries is None:
+            start = time.monotonic()
             entries = self._list_entries()
+            logging.info("source %r: %d inputs listed in %.1f s", self.spec, len(entries), time.monotonic() - start)
             self._entries = entries[:self.max_examples] if self.max_examples else entries
         return self._entries
 
@@ -120,37 +137,65 @@ def _strip_directory(path: str) -> str:
     return stripped if stripped and not stripped.endswith(":/") else path
 
 
+def folder_entry(prefix: str, path: str) -> tuple[str, str, str | None] | None:
+    """(image id, path, class folder) of a file under a folder: source, None for a hidden file or one
+    directly in the folder (it belongs to no class)."""
+    relative = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, prefix)
+    parts = relative.replace(os.sep, "/").split("/")
+    if any(part.startswith(".") for part in parts) or len(parts) < 2:
+        return None
+    return "/".join(parts), path, parts[0]
+
+
+def glob_entry(base: str, path: str) -> tuple[str, str, None]:
+    """(image id relative to the pattern's base, path, no class) of a file of a glob: source."""
+    return (path[len(base):] if path.startswith(base) else path), path, None
+
+
+def _one_match(pattern: str) -> bool:
+    """Whether anything matches `pattern` (stops at the first match: nothing is listed)."""
+    try:
+        return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+    except Exception:  # pylint: disable=broad-except  # Beam raises for a missing local folder
+        return False
+
+
 class FolderSource(_FileListSource):
-    """folder:DIR, one sub-folder per class (see the module docstring for labels)."""
+    """folder:DIR, one sub-folder per class (see the module docstring for labels). Image ids are paths
+    relative to DIR, unique by construction."""
 
-    class_names: tuple[str, ...]
-    class_to_label: dict[str, int]
+    unique_ids = True
 
-    def _list_entries(self) -> list[tuple[str, str, int]]:
-        directory = _strip_directory(self.argument)
+    def _directory(self) -> str:
+        return _strip_directory(self.argument)
+
+    def _validate(self) -> None:
+        directory = self._directory()
         if not file_io.is_directory(directory):
             raise FileNotFoundError(f"source {self.spec!r}: directory {directory} does not exist (or is empty)")
-        prefix = directory + "/"
-        by_class: list[tuple[str, str, str]] = []  # (class, image_id, path)
-        top_level = 0
-        for path in file_io.match_files(prefix + "**"):
-            relative = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, directory)
-            parts = relative.replace(os.sep, "/").split("/")
-            if any(part.startswith(".") for part in parts):
-                continue
-            if len(parts) < 2:
-                top_level += 1
-                continue
-            by_class.append((parts[0], "/".join(parts), path))
-        if top_level:
-            logging.warning("source %r: skipped %d file(s) directly in %s (not in a class folder)",
-                            self.spec, top_level, directory)
-        if not by_class:
+        if not _one_match(directory + "/*/**"):
             raise SourceSpecError(f"source {self.spec!r}: no files in class sub-folders of {directory}")
-        self.class_names = tuple(sorted({name for name, _, _ in by_class}))
-        self.class_to_label = class_labels(self.class_names)
-        return [(image_id, path, self.class_to_label[name]) for name, image_id, path in sorted(by_class,
-                                                                                              key=lambda e: e[1])]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class folders' names, sorted (lists the folder in this process)."""
+        return tuple(sorted({image_id.split("/", 1)[0] for image_id, _, _ in self.entries()}))
+
+    def _list_entries(self) -> list[tuple[str, str, int]]:
+        prefix = self._directory() + "/"
+        found = [entry for path in file_io.match_files(prefix + "**")
+                 if (entry := folder_entry(prefix, path)) is not None]
+        if not found:
+            raise SourceSpecError(f"source {self.spec!r}: no files in class sub-folders of {self._directory()}")
+        labels = class_labels(tuple(sorted({name for _, _, name in found})))
+        return [(image_id, path, labels[name]) for image_id, path, name in sorted(found)]
+
+    def listing(self) -> listing_module.FileListing:
+        """The folder listed on the workers: one pattern, labels from the class names found there."""
+        prefix = self._directory() + "/"
+        return listing_module.FileListing(
+            patterns=(prefix + "**",), entry=functools.partial(folder_entry, prefix), make_shard=FileShard,
+            class_labels=class_labels, examples_per_shard=self.examples_per_shard, max_examples=self.max_examples)
 
 
 def class_labels(class_names: tuple[str, ...]) -> dict[str, int]:
@@ -162,15 +207,32 @@ def class_labels(class_names: tuple[str, ...]) -> dict[str, int]:
 
 
 class GlobSource(_FileListSource):
-    """glob:PATTERN, unlabeled files."""
+    """glob:PATTERN, unlabeled files. Image ids are paths relative to the pattern's base, unique by
+    construction."""
+
+    unique_ids = True
+
+    def _base(self) -> str:
+        pattern = self.argument
+        return file_io.glob_base(pattern) if file_io.has_glob(pattern) else pattern[:pattern.rfind("/") + 1]
+
+    def _validate(self) -> None:
+        file_io.exists(self.argument)  # sets up gs:// credentials where needed
+        if not _one_match(self.argument):
+            raise FileNotFoundError(f"source {self.spec!r}: no file matches {self.argument}")
 
     def _list_entries(self) -> list[tuple[str, str, int]]:
-        pattern = self.argument
-        paths = file_io.match_files(pattern)
+        paths = file_io.match_files(self.argument)
         if not paths:
-            raise FileNotFoundError(f"source {self.spec!r}: no file matches {pattern}")
-        base = file_io.glob_base(pattern) if file_io.has_glob(pattern) else pattern[:pattern.rfind("/") + 1]
-        return [(path[len(base):] if path.startswith(base) else path, path, -1) for path in paths]
+            raise FileNotFoundError(f"source {self.spec!r}: no file matches {self.argument}")
+        base = self._base()
+        return [(image_id, path, -1) for image_id, path, _ in (glob_entry(base, path) for path in paths)]
+
+    def listing(self) -> listing_module.FileListing:
+        """The pattern matched on the workers."""
+        return listing_module.FileListing(
+            patterns=(self.argument,), entry=functools.partial(glob_entry, self._base()), make_shard=FileShard,
+            class_labels=None, examples_per_shard=self.examples_per_shard, max_examples=self.max_examples)
 
 
 class OpenImagesCsvSource(_FileListSource):

@@ -95,3 +95,19 @@ def expected_logits(encoded, image_id, config, teacher=None):
     pixels = np.stack([views.crop_view(tf.constant(image), crop, flip, INPUT_SIZE).numpy()
                        for crop, flip in zip(crops, flips)])
     return crops, flips, teacher.predict(pixels)
+
+
+def tiny_keras_teacher(path):
+    """A small random .keras teacher at the fake teacher's input size, saved to `path`."""
+    import keras
+
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
+    hidden = keras.layers.Rescaling(1 / 255.0)(inputs)
+    hidden = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+    outputs = keras.layers.Dense(NUM_CLASSES)(hidden)
+    model = keras.Model(inputs, outputs)
+    model.set_weights([np.random.default_rng(index).normal(size=w.shape).astype(np.float32)
+                       for index, w in enumerate(model.get_weights())])
+    model.save(path)
+    return model

@@ -23,7 +23,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo
+from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo, tiny_keras_teacher
 from PIL import Image
 
 from distillery import images, records, views
@@ -210,7 +210,8 @@ def test_gcs_round_trip_on_the_emulator(tmp_path, gcs_emulator):
     result = _run(config)
     outputs = gcs_emulator.list(f"gs://{bucket}/out/")
     shards = [url for url in outputs if "/out/soft-" in url]
-    assert len(shards) == 2 and f"gs://{bucket}/out/soft.summary.json" in outputs  # 4 inputs, 2 per work unit
+    # 4 inputs listed on the workers into ceil(4 / 2) = 2 hash buckets: one record file per non-empty one.
+    assert 1 <= len(shards) <= 2 and f"gs://{bucket}/out/soft.summary.json" in outputs
     assert not [url for url in outputs if ".tmp-" in url]  # every temporary file was renamed into place
     local = tmp_path / "staged"
     local.mkdir()
@@ -232,28 +233,13 @@ def test_gcs_round_trip_on_the_emulator(tmp_path, gcs_emulator):
     assert result.counters["read"] == 4
 
 
-def _tiny_keras_teacher(path):
-    import keras
-
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
-    hidden = keras.layers.Rescaling(1 / 255.0)(inputs)
-    hidden = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(hidden)
-    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
-    outputs = keras.layers.Dense(NUM_CLASSES)(hidden)
-    model = keras.Model(inputs, outputs)
-    model.set_weights([np.random.default_rng(index).normal(size=w.shape).astype(np.float32)
-                       for index, w in enumerate(model.get_weights())])
-    model.save(path)
-    return model
-
-
 @pytest.mark.slow
 def test_command_line_with_two_worker_processes(tmp_path):
     from distillery import teachers
 
     good, bad = _bad_corpus(tmp_path / "corpus")
     teacher_path = str(tmp_path / "tiny.keras")
-    _tiny_keras_teacher(teacher_path)
+    tiny_keras_teacher(teacher_path)
     output, dead_letter = tmp_path / "out" / "soft", tmp_path / "out" / "dead.jsonl"
     command = [sys.executable, "-m", "pipelines.extract", f"--source=folder:{tmp_path / 'corpus'}",
                f"--teacher={teacher_path}", f"--teacher={teacher_path}", f"--output={output}",

@@ -1,0 +1,131 @@
+"""What must hold at ImageNet / Open Images scale, measured at two sizes here.
+
+- The submitted pipeline does not grow with the listing: a synthetic ImageNet-shaped folder of 1,000
+  synset folders x 200 empty files builds a pipeline of the same size as 1,000 x 2, under 1 MB, and the
+  launcher never lists the files (they are matched on the workers).
+- `--max_examples=N` takes the same N inputs on every run: the N smallest image ids.
+- A run killed with SIGKILL (local multi-process runner) and rerun with `--resume` finishes only the
+  missing work units: the records are the same, byte for byte per image id, as an uninterrupted run.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from extract_fixtures import encode, load_fake_teacher, photo, tiny_keras_teacher
+
+from distillery import imagenet, records
+from pipelines import extraction, source_files, sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _synset_folder(root, classes: int, per_class: int) -> str:
+    synsets = sorted(imagenet.synset_to_index())[:classes]
+    for synset in synsets:
+        directory = os.path.join(root, synset)
+        os.makedirs(directory)
+        for index in range(per_class):
+            open(os.path.join(directory, f"{synset}_{index:05d}.JPEG"), "wb").close()
+    return str(root)
+
+
+def _dry_run(tmp_path, folder):
+    config = extraction.ExtractConfig(source=f"folder:{folder}", teachers=("fake",),
+                                      output=str(tmp_path / "out" / folder.rsplit("/", 1)[-1]),
+                                      dead_letter=str(tmp_path / "out" / "dead.jsonl"))
+    return extraction.dry_run(config, teacher_loader=load_fake_teacher)
+
+
+@pytest.mark.slow
+def test_pipeline_size_does_not_grow_with_the_listing_and_the_launcher_lists_nothing(tmp_path, monkeypatch):
+    small = _synset_folder(tmp_path / "small", 1000, 2)
+    large = _synset_folder(tmp_path / "large", 1000, 200)
+
+    def no_listing(self):
+        raise AssertionError(f"the launcher listed {self.spec}")
+
+    monkeypatch.setattr(source_files.FolderSource, "_list_entries", no_listing)
+    small_bytes = _dry_run(tmp_path, small)["pipeline_bytes"]
+    large_report = _dry_run(tmp_path, large)
+    assert large_report["source"] == f"folder:{large}"
+    assert large_report["pipeline_bytes"] < 1_000_000
+    assert abs(large_report["pipeline_bytes"] - small_bytes) <= 0.1 * small_bytes, (large_report, small_bytes)
+
+
+def _photo_folder(root, count: int) -> dict[str, bytes]:
+    files = {}
+    for index in range(count):
+        image_id = f"{'ab'[index % 2]}/img{index:04d}.png"
+        os.makedirs(os.path.join(root, os.path.dirname(image_id)), exist_ok=True)
+        files[image_id] = encode(photo(index))
+        with open(os.path.join(root, image_id), "wb") as file:
+            file.write(files[image_id])
+    return files
+
+
+def test_max_examples_takes_the_smallest_image_ids_on_every_run(tmp_path):
+    files = _photo_folder(tmp_path / "photos", 12)
+    for run in ("first", "second"):
+        config = extraction.ExtractConfig(source=f"folder:{tmp_path / 'photos'}", teachers=("fake",),
+                                          output=str(tmp_path / run / "soft"), dead_letter=str(tmp_path / run / "d"),
+                                          max_examples=5, examples_per_shard=2, batch_size=8)
+        result = extraction.run(config, teacher_loader=load_fake_teacher)
+        written = sorted(record.image_id for record in records.read_records(config.output + "-*"))
+        assert written == sorted(files)[:5] and result.counters["read"] == 5
+    # The same N as the launcher-side listing gives (sources.iterate_source), which tests and tools use.
+    source = sources.open_source(f"folder:{tmp_path / 'photos'}", max_examples=5)
+    assert [item.image_id for item in sources.iterate_source(source)] == sorted(files)[:5]
+
+
+def _extract_command(tmp_path, teacher, output, *extra):
+    return [sys.executable, "-m", "pipelines.extract", f"--source=folder:{tmp_path / 'photos'}",
+            f"--teacher={teacher}", f"--output={output}", f"--dead_letter={output}.dead.jsonl", "--views=2",
+            "--top_k=3", "--examples_per_shard=3", "--batch_size=4", "--log_every=0", *extra,
+            "--", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def _committed(output) -> list[str]:
+    return [path for path in glob.glob(f"{output}.shards/*.json") if not os.path.basename(path).startswith("_")]
+
+
+@pytest.mark.slow
+def test_a_run_killed_half_way_resumes_to_the_records_of_an_uninterrupted_run(tmp_path):
+    files = _photo_folder(tmp_path / "photos", 240)
+    teacher = str(tmp_path / "tiny.keras")
+    tiny_keras_teacher(teacher)
+    reference, killed = tmp_path / "reference" / "soft", tmp_path / "killed" / "soft"
+    completed = subprocess.run(_extract_command(tmp_path, teacher, reference), cwd=REPO, capture_output=True,
+                               text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # Kill the whole process group (launcher and its worker processes) once a work unit is committed.
+    process = subprocess.Popen(_extract_command(tmp_path, teacher, killed), cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not _committed(killed) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    done_before = len(_committed(killed))
+    total_units = len(json.load(open(f"{reference}.summary.json"))["shards"])
+    assert 1 <= done_before < total_units and not os.path.exists(f"{killed}.summary.json"), (done_before, total_units)
+    refused = subprocess.run(_extract_command(tmp_path, teacher, killed), cwd=REPO, capture_output=True, text=True,
+                             timeout=400)
+    assert refused.returncode == 2 and "pass --overwrite to replace it or --resume" in refused.stderr
+    resumed = subprocess.run(_extract_command(tmp_path, teacher, killed, "--resume"), cwd=REPO, capture_output=True,
+                             text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.load(open(f"{killed}.summary.json"))
+    assert summary["resumed_shards"] >= done_before and summary["counters"]["read"] == len(files)
+    assert summary["counters"]["written"] == len(files) and summary["balanced"]
+    expected = {record.image_id: records.encode(record) for record in records.read_records(f"{reference}.summary.json")}
+    got = {record.image_id: records.encode(record) for record in records.read_records(f"{killed}.summary.json")}
+    assert got.keys() == expected.keys() == set(files)
+    # The records name their image path, the same file for both runs: byte-identical per image id.
+    assert got == expected
+    assert not glob.glob(f"{killed}.shards/*.tmp-*")  # the killed attempts' temporary files were cleared
