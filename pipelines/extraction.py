@@ -24,7 +24,7 @@ teacher's classes (the demo, tfds ImageNet); `folder:` labels are folder positio
 Pipeline (step labels as in the Beam UI):
 
     CreateShards (work units made by the launcher: tfds, idx, capped tfrecord)
-      or ListShards (folder, glob: patterns matched and grouped into work units on the workers)
+      or ListShards (folder, glob, tfrecord: patterns matched and grouped into work units on the workers)
     -> ReshuffleShards -> [ReadKeys -> GroupKeys -> ChooseCopies]  (only for sources whose ids can repeat)
     -> ExtractShards (read, decode, views, teacher, commit each shard)
       -> CollectManifests -> Finalize (dead-letter file, totals)
@@ -158,8 +158,9 @@ def keyed_shards(source: Any) -> list[tuple[str, Any]]:
 def build(pipeline: beam.Pipeline, config: ExtractConfig, source: Any, teacher_loader: Callable[[], Any],
           teacher_handle: shared.Shared, teacher_names: Sequence[str], input_size: tuple[int, int]) -> Any:
     """Adds the extraction steps to `pipeline` (see the module docstring); returns the totals PCollection."""
-    if hasattr(source, "listing"):  # listed on the workers: the graph holds patterns, not files
-        shards = pipeline | "ListShards" >> listing.ListedShards(source.listing())
+    listed = source.listing() if hasattr(source, "listing") else None
+    if listed is not None:  # listed on the workers: the graph holds patterns, not files
+        shards = pipeline | "ListShards" >> listing.ListedShards(listed)
     else:
         shards = pipeline | "CreateShards" >> beam.Create(keyed_shards(source), reshuffle=False)
     shards = shards | "ReshuffleShards" >> beam.Reshuffle()

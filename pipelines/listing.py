@@ -23,6 +23,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 
+from pipelines import shard_output
+
 # (image id, path, class name or None): the label is resolved once every class name is known.
 Entry = tuple[str, str, str | None]
 
@@ -38,6 +40,8 @@ class FileListing:
       class_labels: class names -> {name: label} (folder:); None = unlabeled (-1).
       examples_per_shard: entries per work unit (on average: units are hash buckets).
       max_examples: keep only the N entries whose image ids sort first.
+      per_file: every file is its own work unit, keyed by its path (TFRecord files), instead of hash
+        buckets of `examples_per_shard` entries.
     """
 
     patterns: tuple[str, ...]
@@ -46,6 +50,7 @@ class FileListing:
     class_labels: Callable[[Sequence[str]], Mapping[str, int]] | None
     examples_per_shard: int
     max_examples: int | None = None
+    per_file: bool = False
 
 
 def bucket_of(image_id: str, buckets: int) -> int:
@@ -85,6 +90,11 @@ class ListedShards(beam.PTransform):
                    | "MatchFiles" >> fileio.MatchAll()
                    | "Paths" >> beam.Map(lambda metadata: metadata.path)
                    | "ToEntries" >> beam.FlatMap(_entries, entry=listing.entry))
+        if listing.per_file:
+            return (entries
+                    | "OnePerFile" >> beam.Map(lambda item, make: (shard_output.shard_key(item[0].split("://")[-1]),
+                                                                   make(((item[0], item[1], -1),))),
+                                               make=listing.make_shard))
         if listing.max_examples:
             entries = (entries
                        | "FirstIds" >> beam.combiners.Top.Smallest(listing.max_examples, key=lambda item: item[0])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import gcs
-from pipelines.source_records import masked_crc
+from pipelines.tfrecord_format import frame_record
 
 _KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -106,12 +105,6 @@ def check_writable(prefix: str) -> None:
     with FileSystems.create(probe) as file:
         file.write(b"")
     FileSystems.delete([probe])
-
-
-def frame_record(data: bytes) -> bytes:
-    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data))
 
 
 class ShardWriter:

@@ -21,64 +21,34 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import struct
+import logging
 from collections.abc import Iterator
-from typing import BinaryIO
 
-import google_crc32c
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from distillery import idx
 from pipelines import file_io
+from pipelines.listing import FileListing
 from pipelines.sources import ImageSource, ReadFailure, SourceExample, SourceItem, SourceSpecError, split_locations
-
-_CRC_MASK_DELTA = 0xA282EAD8
-
-
-class TFRecordFormatError(IOError):
-    """A TFRecord file whose framing or checksums are wrong."""
+from pipelines.tfrecord_format import iterate_tfrecord
 
 
-def masked_crc(data: bytes) -> int:
-    """TFRecord's masked CRC-32C of `data` (the framing's checksum)."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
-def iterate_tfrecord(file: BinaryIO, verify: bool = True) -> Iterator[bytes]:
-    """Yields the records of a TFRecord stream: uint64 length, uint32 masked CRC of it, data, CRC.
-
-    Raises:
-      TFRecordFormatError: truncated file or checksum mismatch.
-    """
-    while True:
-        header = file.read(12)
-        if not header:
-            return
-        if len(header) != 12:
-            raise TFRecordFormatError("truncated record header")
-        length, length_crc = struct.unpack("<QI", header)
-        if verify and masked_crc(header[:8]) != length_crc:
-            raise TFRecordFormatError("corrupt record length (CRC mismatch)")
-        data = file.read(length)
-        footer = file.read(4)
-        if len(data) != length or len(footer) != 4:
-            raise TFRecordFormatError("truncated record")
-        if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
-            raise TFRecordFormatError("corrupt record data (CRC mismatch)")
-        yield data
-
-
-def count_tfrecord(path: str, stop_at: int | None = None) -> int:
-    """Number of records in a TFRecord file (reading stops once `stop_at` are counted)."""
+def count_tfrecord(path: str, stop_at: int | None = None) -> tuple[int, Exception | None]:
+    """(records readable in a TFRecord file, the error that ended the count early or None); counting
+    stops once `stop_at` are counted. A truncated or unreadable file is not an exception here: the
+    reader of its shard reports it as a dead letter."""
     count = 0
-    with file_io.open_file(path) as file:
-        for _ in iterate_tfrecord(file, verify=False):
-            count += 1
-            if stop_at is not None and count >= stop_at:
-                break
-    return count
+    try:
+        with file_io.open_file(path) as file:
+            for _ in iterate_tfrecord(file, verify=False):
+                count += 1
+                if stop_at is not None and count >= stop_at:
+                    break
+    except Exception as error:  # pylint: disable=broad-except  # TFRecordFormatError, OSError, gzip errors
+        return count, error
+    return count, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +58,22 @@ class TFRecordShard:
     stop: int | None = None
 
 
+def _any_match(pattern: str) -> bool:
+    try:
+        return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
+    except Exception:  # pylint: disable=broad-except  # Beam raises for a missing local folder
+        return False
+
+
+def _tfrecord_entry(path: str) -> tuple[str, str, None]:
+    return path, path, None
+
+
+def _tfrecord_shard(entries: tuple[tuple[str, str, int], ...]) -> TFRecordShard:
+    ((_, path, _),) = entries
+    return TFRecordShard(path)
+
+
 def _feature_bytes(feature_map, key: str) -> bytes | None:
     if key in feature_map and feature_map[key].bytes_list.value:
         return feature_map[key].bytes_list.value[0]
@@ -95,32 +81,51 @@ def _feature_bytes(feature_map, key: str) -> bytes | None:
 
 
 class TFRecordSource(ImageSource):
-    """tfrecord:GLOB of tf.Example."""
+    """tfrecord:GLOB of tf.Example. One work unit per file; in the job the files are matched on the workers
+    (`listing`), unless --max_examples asks for the first N records in file order, which the launcher
+    counts. Image ids come from inside the records, so the job deduplicates them (a key pass)."""
 
     def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
         super().__init__(spec, max_examples, examples_per_shard)
         self.pattern = argument
-        paths = file_io.match_files(argument)
-        if not paths:
+        if not file_io.match_files(argument) if max_examples else not _any_match(argument):
             raise FileNotFoundError(f"source {spec!r}: no TFRecord file matches {argument}")
-        self._shards = [TFRecordShard(path) for path in paths]
-        if max_examples:
-            self._shards = self._capped(paths, max_examples)
+        self._shards: list[TFRecordShard] | None = None
 
-    @staticmethod
-    def _capped(paths: list[str], max_examples: int) -> list[TFRecordShard]:
+    def _capped(self, paths: list[str], max_examples: int) -> list[TFRecordShard]:
         shards, remaining = [], max_examples
         for path in paths:
-            count = count_tfrecord(path, stop_at=remaining)
-            if count:
+            count, error = count_tfrecord(path, stop_at=remaining)
+            if error is not None:  # read up to the damage; the shard's reader dead-letters the rest
+                logging.warning("source %r: %s is unreadable after record %d (%s)", self.spec, path, count, error)
+                shards.append(TFRecordShard(path, None))
+                remaining -= count + 1
+            elif count:
                 shards.append(TFRecordShard(path, count))
-            remaining -= count
+                remaining -= count
             if remaining <= 0:
                 break
         return shards
 
     def shards(self) -> list[TFRecordShard]:
+        if self._shards is None:
+            paths = file_io.match_files(self.pattern)
+            self._shards = self._capped(paths, self.max_examples) if self.max_examples else [
+                TFRecordShard(path) for path in paths]
         return list(self._shards)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_shards"] = None  # workers get their shard, not the file list
+        return state
+
+    def listing(self) -> FileListing | None:
+        """Every matching file is a work unit, matched on the workers (None with --max_examples: the
+        launcher counts the first N records)."""
+        if self.max_examples:
+            return None
+        return FileListing(patterns=(self.pattern,), entry=_tfrecord_entry, make_shard=_tfrecord_shard,
+                           class_labels=None, examples_per_shard=1, max_examples=None, per_file=True)
 
     def read_shard(self, shard: TFRecordShard) -> Iterator[SourceItem]:
         basename = shard.path.rstrip("/").rsplit("/", 1)[-1]

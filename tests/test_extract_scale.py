@@ -129,3 +129,30 @@ def test_a_run_killed_half_way_resumes_to_the_records_of_an_uninterrupted_run(tm
     # The records name their image path, the same file for both runs: byte-identical per image id.
     assert got == expected
     assert not glob.glob(f"{killed}.shards/*.tmp-*")  # the killed attempts' temporary files were cleared
+
+
+def test_tfrecord_files_are_matched_in_the_job_and_an_id_in_two_files_is_written_once(tmp_path):
+    import tensorflow as tf
+
+    def example(image_id: str, seed: int) -> bytes:
+        feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode(photo(seed))])),
+                   "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+                   "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[seed % 3]))}
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    for name, ids in (("part-a", ["x", "y"]), ("part-b", ["y", "z"])):
+        with tf.io.TFRecordWriter(str(tmp_path / f"{name}.tfrecord")) as writer:
+            for seed, image_id in enumerate(ids):
+                writer.write(example(image_id, seed))
+    config = extraction.ExtractConfig(source=f"tfrecord:{tmp_path}/part-*.tfrecord", teachers=("fake",),
+                                      output=str(tmp_path / "out" / "soft"), dead_letter=str(tmp_path / "out" / "d"),
+                                      store_image_max_side=32, batch_size=8)
+    result = extraction.run(config, teacher_loader=load_fake_teacher)
+    written = {record.image_id: record for record in records.read_records(f"{config.output}.summary.json")}
+    assert sorted(written) == ["x", "y", "z"] and written["y"].image_path == f"{tmp_path}/part-a.tfrecord[1]"
+    with open(config.dead_letter) as file:
+        dead = [json.loads(line) for line in file]
+    assert [(letter["image_id"], letter["stage"], letter["source"]) for letter in dead] == [
+        ("y", "duplicate", f"{tmp_path}/part-b.tfrecord[0]")]
+    # One work unit per file, keyed by its path; 4 inputs = 3 records + 1 dead letter.
+    assert len(result.summary["shards"]) == 2 and result.counters["read"] == 4 and result.summary["balanced"]

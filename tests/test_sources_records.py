@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines.source_records import encode_png, iterate_tfrecord
+from pipelines.source_records import encode_png
 from pipelines.sources import ReadFailure, SourceExample, SourceSpecError, iterate_source, open_source
+from pipelines.tfrecord_format import iterate_tfrecord
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -160,3 +161,18 @@ def test_idx_reads_the_whole_real_training_split():
     items = list(source.read_shard(shards[-1]))
     assert len(items) == 1000 and items[-1].image_id == "train/59999"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(items[-1].encoded))), last_image)
+
+
+def test_a_corrupt_tfrecord_under_max_examples_is_read_up_to_the_damage_not_a_traceback(tmp_path):
+    good = image_bytes(2)
+    path = str(tmp_path / "torn.tfrecord")
+    write_tfrecord(path, [example(good, label=1), example(good, label=2), example(good, label=3)])
+    with open(path, "rb") as file:
+        data = file.read()
+    with open(path, "wb") as file:
+        file.write(data[:-20])  # the last record is cut short
+    source = open_source(f"tfrecord:{path}", max_examples=5)  # counting the file used to raise here
+    items = list(iterate_source(source))
+    assert [item.label for item in items[:2]] == [1, 2]
+    assert isinstance(items[2], ReadFailure) and "truncated" in items[2].reason and path in items[2].origin
+    assert len(items) == 3
