@@ -199,7 +199,9 @@ class IdxShard:
 
 
 class IdxSource(ImageSource):
-    """idx:DIR[:train|test]."""
+    """idx:DIR[:train|test]. Image ids are split/index: unique by construction."""
+
+    unique_ids = True
 
     def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
         super().__init__(spec, max_examples, examples_per_shard)

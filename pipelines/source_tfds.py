@@ -76,7 +76,10 @@ def range_shards(ranges: list[tuple[str, int, int]], max_examples: int | None,
 
 
 class TfdsSource(ImageSource):
-    """tfds:NAME[:SPLIT]."""
+    """tfds:NAME[:SPLIT]. Image ids are the dataset's own keys (file names, ids): unique by construction
+    within a split, so the extraction skips its deduplication pass."""
+
+    unique_ids = True
 
     def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int):
         super().__init__(spec, max_examples, examples_per_shard)

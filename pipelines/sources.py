@@ -90,6 +90,10 @@ class ImageSource(abc.ABC):
     def read_shard(self, shard: Any) -> Iterator[SourceItem]:
         """Yields the examples (or read failures) of one shard, in a deterministic order."""
 
+    # Whether image ids cannot repeat by construction (paths, indices): the job then skips its
+    # deduplication pass over (id, origin) keys.
+    unique_ids = False
+
     def unread_inputs(self, shard: Any, already_read: int) -> list[tuple[str, str]] | None:
         """(image id, origin) of the inputs of `shard` after its first `already_read`, when the shard
         knows them without reading (file lists, index ranges); None when it does not (a TFRecord file).
