@@ -55,7 +55,7 @@ from apache_beam.utils import shared
 
 from distillery import records, saved_model_check, views
 from distillery.cli import option
-from pipelines import extract_shard, gcs, listing, shard_output, teacher_inference
+from pipelines import extract_shard, gcs, listing, shard_output, teacher_inference, url_fetch
 from pipelines.extract_shard import COUNTERS
 from pipelines.teacher_inference import METRICS_NAMESPACE, TeacherLoader, load_shared_teacher
 
@@ -95,6 +95,18 @@ class ExtractConfig:
     resume: bool = option(False, help="Finish an earlier run into the same --output: its committed work units "
                                       "are kept and skipped, the rest is done; the settings must be the same.")
     trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
+    allow_private_urls: bool = option(False, help="Let the URLs of an openimages_csv: list reach loopback, private, "
+                                                  "link-local and other non-public addresses (a test server, a mirror "
+                                                  "inside the network); cloud metadata addresses stay refused.")
+    fetch_timeout: float = option(url_fetch.FetchSettings.timeout_seconds, help="Seconds one image URL may take in "
+                                  "all, redirects and retries included; a slower server is cut off (a dead letter).")
+    max_image_bytes: int = option(url_fetch.FetchSettings.max_bytes, lower_bound=1, help="Largest image a URL may "
+                                  "send, in bytes; reading stops past it and the image is a dead letter.")
+
+    def fetch_settings(self) -> url_fetch.FetchSettings:
+        """The limits of the source's URL fetches (they travel with the source to the workers)."""
+        return url_fetch.FetchSettings(allow_private_urls=self.allow_private_urls, timeout_seconds=self.fetch_timeout,
+                                       max_bytes=self.max_image_bytes)
 
     def validate(self) -> None:
         """Raises ValueError naming the flag of the first bad value (before any heavy work)."""
@@ -118,6 +130,8 @@ class ExtractConfig:
              "the trainer could read the views from"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
             (not (self.overwrite and self.resume), "--overwrite and --resume exclude each other"),
+            (self.fetch_timeout > 0, f"--fetch_timeout must be > 0 seconds, got {self.fetch_timeout}"),
+            (self.max_image_bytes >= 1, f"--max_image_bytes must be >= 1, got {self.max_image_bytes}"),
             (self.examples_per_shard is None or self.examples_per_shard >= 1,
              f"--examples_per_shard must be >= 1, got {self.examples_per_shard}"),
         ]
@@ -267,7 +281,8 @@ def open_inputs(config: ExtractConfig, source: Any = None,
         from pipelines import sources  # pylint: disable=import-outside-toplevel
 
         shard_size = {"examples_per_shard": config.examples_per_shard} if config.examples_per_shard else {}
-        source = sources.open_source(config.source, max_examples=config.max_examples, **shard_size)
+        source = sources.open_source(config.source, max_examples=config.max_examples,
+                                     fetch_settings=config.fetch_settings(), **shard_size)
     handle = shared.Shared()
     holder, teacher = load_shared_teacher(teacher_loader, handle)
     return source, teacher_loader, handle, holder, teacher

@@ -10,8 +10,12 @@
   the first glob character ('glob:/data/oi/train/*.jpg' -> 'abc123.jpg').
 - `openimages_csv:CSV[:IMAGE_DIR]`: a CSV with an ImageID column (Open Images image lists).
   The image is IMAGE_DIR/<ImageID>.jpg when IMAGE_DIR is given, else the `path` column (relative
-  paths are relative to the CSV's folder), else the `OriginalURL` (or `url`) column, fetched with
-  a timeout. Unlabeled (-1): the Open Images role in distillation is unlabeled transfer data.
+  paths are relative to the CSV's folder), else the `OriginalURL` (or `url`) column. Unlabeled (-1):
+  the Open Images role in distillation is unlabeled transfer data. The CSV is untrusted input: an
+  ImageID that is not a plain name is refused, a local or gs:// path must lie inside IMAGE_DIR (or the
+  CSV's folder) (`pipelines.path_checks`), and a URL is fetched by `pipelines.url_fetch` (http(s) to
+  public addresses only, one deadline, a byte cap, retries on 429/5xx; `FetchSettings`). Each refusal
+  is a ReadFailure with its reason.
 
 Files are listed and ordered by path once, when the source is opened; a shard is a tuple of
 (image id, location, label) entries.
@@ -28,14 +32,13 @@ import io
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
 from distillery import imagenet
-from pipelines import file_io
+from pipelines import file_io, path_checks, url_fetch
 from pipelines import listing as listing_module
 from pipelines.sources import (
     ImageSource,
@@ -47,8 +50,6 @@ from pipelines.sources import (
     split_locations,
 )
 
-# Seconds before a URL fetch is abandoned (and becomes a ReadFailure).
-URL_TIMEOUT_SECONDS = 30.0
 PATH_COLUMNS = ("path", "Path", "filepath", "file_path")
 URL_COLUMNS = ("OriginalURL", "url", "URL")
 
@@ -59,23 +60,28 @@ class FileShard:
     entries: tuple[tuple[str, str, int], ...]
 
 
-def read_location(location: str) -> bytes:
-    """Bytes of a local path, gs:// object, or http(s):// / file:// URL.
+def read_location(location: str, fetch_settings: url_fetch.FetchSettings | None = None) -> bytes:
+    """Bytes of a local path, gs:// object, or http(s):// URL (fetched by `url_fetch.fetch` within
+    `fetch_settings`); any other scheme (file://, ftp://, data: ...) is refused.
 
     Raises:
-      OSError (including urllib.error.URLError) or a Beam IO error when it cannot be read.
+      OSError (url_fetch.FetchError for a refused or failed URL) or a Beam IO error when it cannot be read.
     """
-    if location.startswith(("http://", "https://", "file://")):
-        with urllib.request.urlopen(location, timeout=URL_TIMEOUT_SECONDS) as response:
-            return response.read()
+    if url_fetch.is_url(location):
+        return url_fetch.fetch(location, fetch_settings or url_fetch.FetchSettings())
+    scheme = urllib.parse.urlsplit(location).scheme
+    if scheme and scheme != "gs":
+        raise url_fetch.FetchError(f"{location}: scheme {scheme!r} is not allowed (local paths, gs://, http and "
+                                   "https only)")
     return file_io.read_bytes(location)
 
 
-def read_file_shard(shard: FileShard) -> Iterator[SourceItem]:
-    """Reads each entry; any failure to read becomes a ReadFailure with the reason."""
+def read_file_shard(shard: FileShard, read: Callable[[str, str], bytes] | None = None) -> Iterator[SourceItem]:
+    """Reads each entry (with `read(image_id, location)`, default `read_location`); any failure to read
+    becomes a ReadFailure with the reason."""
     for image_id, location, label in shard.entries:
         try:
-            encoded = read_location(location)
+            encoded = read(image_id, location) if read is not None else read_location(location)
         except Exception as error:  # pylint: disable=broad-except  # one bad input must not stop the job
             yield ReadFailure(image_id, location, f"cannot read: {type(error).__name__}: {error}")
             continue
@@ -236,7 +242,33 @@ class GlobSource(_FileListSource):
 
 
 class OpenImagesCsvSource(_FileListSource):
-    """openimages_csv:CSV[:IMAGE_DIR], unlabeled, ids are the ImageID column."""
+    """openimages_csv:CSV[:IMAGE_DIR], unlabeled, ids are the ImageID column; reading checks every entry
+    (see the module docstring) and fetches URLs within `fetch_settings`."""
+
+    def __init__(self, spec: str, argument: str, max_examples: int | None, examples_per_shard: int,
+                 fetch_settings: url_fetch.FetchSettings | None = None):
+        self.fetch_settings = fetch_settings or url_fetch.FetchSettings()
+        super().__init__(spec, argument, max_examples, examples_per_shard)
+
+    def _image_root(self) -> str:
+        """The folder every local or gs:// image must lie in: IMAGE_DIR, else the CSV's folder."""
+        parts = split_locations(self.argument)
+        if len(parts) == 2 and parts[1]:
+            return _strip_directory(parts[1])
+        return parts[0][:parts[0].rfind("/") + 1] if "/" in parts[0] else ""
+
+    def read_shard(self, shard: FileShard) -> Iterator[SourceItem]:
+        return read_file_shard(shard, functools.partial(self._read_checked, self._image_root()))
+
+    def _read_checked(self, root: str, image_id: str, location: str) -> bytes:
+        path_checks.check_image_id(image_id)
+        if not location:
+            raise path_checks.PathRefused("the row has neither a path nor a URL")
+        if url_fetch.is_url(location):
+            return url_fetch.fetch(location, self.fetch_settings)
+        if urllib.parse.urlsplit(location).scheme not in ("", "gs"):
+            return read_location(location)  # refuses the scheme
+        return file_io.read_bytes(path_checks.inside(root, location))
 
     def _list_entries(self) -> list[tuple[str, str, int]]:
         parts = split_locations(self.argument)

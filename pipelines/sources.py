@@ -125,13 +125,15 @@ def chunk(items: Sequence[Any], size: int) -> list[tuple[Any, ...]]:
 
 
 def open_source(spec: str, max_examples: int | None = None,
-                examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> ImageSource:
+                examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD, fetch_settings: Any = None) -> ImageSource:
     """Parses and validates a source spec.
 
     Args:
       spec: 'scheme:argument', see the module docstring.
       max_examples: read at most this many inputs, the first ones in the source's order.
       examples_per_shard: inputs per work unit (files, records or examples).
+      fetch_settings: openimages_csv: only: the limits of its URL fetches (`pipelines.url_fetch.FetchSettings`;
+        None = the defaults). They travel with the source to the workers.
 
     Raises:
       SourceSpecError (a ValueError): unknown scheme, bad split, empty glob, malformed argument.
@@ -159,7 +161,8 @@ def open_source(spec: str, max_examples: int | None = None,
         opener = source_tfds.TfdsSource
     else:
         raise SourceSpecError(f"unknown source scheme {scheme!r} in {spec!r} (schemes: {', '.join(SCHEMES)})")
-    return opener(spec, argument, max_examples=max_examples, examples_per_shard=examples_per_shard)
+    options = {"fetch_settings": fetch_settings} if scheme == "openimages_csv" and fetch_settings is not None else {}
+    return opener(spec, argument, max_examples=max_examples, examples_per_shard=examples_per_shard, **options)
 
 
 def main(argv: list[str]) -> None:

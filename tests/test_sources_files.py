@@ -16,6 +16,7 @@ from PIL import Image
 
 from distillery import imagenet
 from pipelines.sources import ReadFailure, SourceExample, SourceSpecError, iterate_source, open_source
+from pipelines.url_fetch import FetchSettings
 
 
 def jpeg_bytes(seed: int, size: int = 16) -> bytes:
@@ -166,12 +167,16 @@ def test_openimages_csv_with_url_column(tmp_path, http_server):
         ["id-b", "train", f"file://{tmp_path}/b.jpg", "x"],
         ["id-refused", "train", "http://127.0.0.1:9/nothing.jpg", "x"],
     ])
-    items = read_all(open_source(f"openimages_csv:{tmp_path}/urls.csv"))
+    # The test server is on 127.0.0.1, which a URL list may name only with --allow_private_urls.
+    items = read_all(open_source(f"openimages_csv:{tmp_path}/urls.csv",
+                                 fetch_settings=FetchSettings(allow_private_urls=True, timeout_seconds=5.0)))
     assert [item.image_id for item in items] == ["id-a", "id-missing", "id-b", "id-refused"]
     assert isinstance(items[0], SourceExample) and items[0].encoded == served
     assert isinstance(items[1], ReadFailure) and "404" in items[1].reason
-    assert isinstance(items[2], SourceExample) and items[2].encoded == local
+    assert isinstance(items[2], ReadFailure) and "scheme 'file' is not allowed" in items[2].reason
     assert isinstance(items[3], ReadFailure) and items[3].origin == "http://127.0.0.1:9/nothing.jpg"
+    refused = read_all(open_source(f"openimages_csv:{tmp_path}/urls.csv"))[0]
+    assert isinstance(refused, ReadFailure) and "a loopback address" in refused.reason
 
 
 @pytest.mark.parametrize("spec, error, fragment", [
