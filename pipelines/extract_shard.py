@@ -72,6 +72,7 @@ class ShardSettings:
     logit_dtype: str
     log_every: int
     resume: bool
+    max_image_pixels: int = images.MAX_DECODED_PIXELS  # larger images are dead letters, refused before decoding
 
 
 def make_views(example: Any, image: np.ndarray, crop: Callable, num_views: int, seed: int, min_scale: float,
@@ -168,6 +169,7 @@ class ExtractShardFn(beam.DoFn):
     def setup(self):
         self._holder, self._teacher = load_shared_teacher(self._loader, self._handle)
         self._crop = views.compiled_crop_views(self._input_size)
+        images.use_pixel_limit(self._settings.max_image_pixels)  # Pillow's own check, in this worker process
 
     def process(self, keyed_shard: tuple[str, Any], duplicates: Mapping[str, str] | None = None) -> Iterator[dict]:
         key, shard = keyed_shard
@@ -235,7 +237,7 @@ class ExtractShardFn(beam.DoFn):
                 dead_letter(str(item.image_id), str(item.origin), "read", str(item.reason), "read_failed")
                 continue
             try:
-                image = images.decode_rgb(item.encoded, min_side=self._min_side)
+                image = images.decode_rgb(item.encoded, min_side=self._min_side, max_pixels=settings.max_image_pixels)
                 viewed = make_views(item, image, self._crop, settings.num_views, settings.seed, settings.min_scale,
                                     settings.store_image_max_side)
             except Exception as error:  # pylint: disable=broad-except  # inputs are untrusted: never fail the job

@@ -64,6 +64,8 @@ _DEFAULT_MIN_SCALE = views.DEFAULT_MIN_SCALE  # (the config's `views` field hide
 
 # Sources whose inputs are not image files (image/path can only hold a reference into a dataset).
 SOURCES_WITHOUT_FILES = ("tfds", "tfrecord", "idx")
+# --max_image_pixels' default: Pillow's own decompression-bomb limit, rounded.
+DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,9 @@ class ExtractConfig:
                                   "all, redirects and retries included; a slower server is cut off (a dead letter).")
     max_image_bytes: int = option(url_fetch.FetchSettings.max_bytes, lower_bound=1, help="Largest image a URL may "
                                   "send, in bytes; reading stops past it and the image is a dead letter.")
+    max_image_pixels: int = option(DEFAULT_MAX_IMAGE_PIXELS, lower_bound=1, help="Largest image decoded, in pixels "
+                                   "(from its header, before decoding; a JPEG's size at its reduced decoding scale): "
+                                   "a larger one is a dead letter. Also sets Pillow's own decompression-bomb check.")
 
     def fetch_settings(self) -> url_fetch.FetchSettings:
         """The limits of the source's URL fetches (they travel with the source to the workers)."""
@@ -132,6 +137,7 @@ class ExtractConfig:
             (not (self.overwrite and self.resume), "--overwrite and --resume exclude each other"),
             (self.fetch_timeout > 0, f"--fetch_timeout must be > 0 seconds, got {self.fetch_timeout}"),
             (self.max_image_bytes >= 1, f"--max_image_bytes must be >= 1, got {self.max_image_bytes}"),
+            (self.max_image_pixels >= 1, f"--max_image_pixels must be >= 1, got {self.max_image_pixels}"),
             (self.examples_per_shard is None or self.examples_per_shard >= 1,
              f"--examples_per_shard must be >= 1, got {self.examples_per_shard}"),
         ]
@@ -189,7 +195,8 @@ def build(pipeline: beam.Pipeline, config: ExtractConfig, source: Any, teacher_l
     settings = extract_shard.ShardSettings(
         output=config.output, num_views=config.views, seed=config.seed, min_scale=config.min_scale,
         store_image_max_side=config.store_image_max_side, batch_size=max(config.batch_size, config.views),
-        top_k=config.top_k, logit_dtype=config.logit_dtype, log_every=config.log_every, resume=config.resume)
+        top_k=config.top_k, logit_dtype=config.logit_dtype, log_every=config.log_every, resume=config.resume,
+        max_image_pixels=config.max_image_pixels)
     manifests = shards | "ExtractShards" >> beam.ParDo(
         extract_shard.ExtractShardFn(source, teacher_loader, teacher_handle, settings, teacher_names, input_size),
         duplicates=duplicates)
