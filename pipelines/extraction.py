@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -208,9 +209,18 @@ def build(pipeline: beam.Pipeline, config: ExtractConfig, source: Any, teacher_l
                 shard_output.finalize(output, dead_letter, manifests))))
 
 
+def check_file_writable(path: str) -> None:
+    """Creates and removes a file next to `path` (its folder is made where it is local), so that a file the
+    job writes only at its end fails before the run instead."""
+    probe = f"{path}.write-probe-{uuid.uuid4().hex}"
+    with FileSystems.create(probe) as file:
+        file.write(b"")
+    FileSystems.delete([probe])
+
+
 def prepare_output(config: ExtractConfig) -> None:
     """Refuses an --output that holds an earlier run's files unless --overwrite (they go) or --resume (they
-    stay, and the settings must match); checks that the prefix can be written.
+    stay, and the settings must match); checks that the prefix and the --dead_letter file can be written.
 
     Raises:
       ValueError: naming --output and the file found, or the settings that differ from the run resumed.
@@ -231,6 +241,11 @@ def prepare_output(config: ExtractConfig) -> None:
         shard_output.check_writable(config.output)
     except Exception as error:  # pylint: disable=broad-except  # OSError locally, Beam's IOError on gs://
         raise ValueError(f"--output={config.output}: cannot write there: {type(error).__name__}: {error}") from None
+    try:
+        check_file_writable(config.dead_letter)
+    except Exception as error:  # pylint: disable=broad-except  # OSError locally, Beam's IOError on gs://
+        raise ValueError(f"--dead_letter={config.dead_letter}: cannot write there: {type(error).__name__}: "
+                         f"{error}") from None
     settings_path = f"{shard_output.manifests_dir(config.output)}/_settings.json"
     settings = json.loads(json.dumps({name: getattr(config, name) for name in RESUME_SETTINGS}))
     if config.resume and FileSystems.exists(settings_path):
