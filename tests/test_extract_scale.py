@@ -96,7 +96,7 @@ def _committed(output) -> list[str]:
 
 @pytest.mark.slow
 def test_a_run_killed_half_way_resumes_to_the_records_of_an_uninterrupted_run(tmp_path):
-    files = _photo_folder(tmp_path / "photos", 240)
+    files = _photo_folder(tmp_path / "photos", 600)
     teacher = str(tmp_path / "tiny.keras")
     tiny_keras_teacher(teacher)
     reference, killed = tmp_path / "reference" / "soft", tmp_path / "killed" / "soft"
@@ -104,11 +104,13 @@ def test_a_run_killed_half_way_resumes_to_the_records_of_an_uninterrupted_run(tm
                                text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-3000:]
     # Kill the whole process group (launcher and its worker processes) once a work unit is committed.
+    log = open(tmp_path / "killed.log", "wb")
     process = subprocess.Popen(_extract_command(tmp_path, teacher, killed), cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=log, stderr=log)
     deadline = time.monotonic() + 300
     while not _committed(killed) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]  # still running: kill it now
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
     done_before = len(_committed(killed))
