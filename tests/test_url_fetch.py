@@ -12,7 +12,10 @@ from __future__ import annotations
 import collections
 import http.server
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -245,3 +248,32 @@ def test_metadata_is_refused_even_with_the_flag(monkeypatch, connections):
     assert url_fetch.address_problem(ipaddress.ip_address("10.0.0.1"), True) is None
     assert url_fetch.address_problem(ipaddress.ip_address("8.8.8.8"), False) is None  # judged, never contacted
     assert connections == []
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An https server on 127.0.0.1 with a self-signed certificate (made with the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    Handler.hits = collections.Counter()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_https_verifies_the_certificate_and_is_checked_like_http(tls_server, connections):
+    with pytest.raises(FetchError, match=r"CERTIFICATE_VERIFY_FAILED"):  # self-signed: not trusted
+        url_fetch.fetch(f"{tls_server}/image.jpg", LOCAL)
+    with pytest.raises(FetchError, match=r"a loopback address"):
+        url_fetch.fetch(f"{tls_server}/image.jpg")
+    assert set(connections) == {"127.0.0.1"}
