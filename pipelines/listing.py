@@ -1,6 +1,6 @@
 """Listing a file source inside the Beam job: the submitted pipeline holds patterns, never the file list.
 
-A source that can be listed in the job (folder:, glob:, tfrecord:) gives a `FileListing`: the patterns to
+A source that can be listed in the job (folder:, glob:, tfrecord:, openimages_csv:) gives a `FileListing`: the patterns to
 match and how a matched path becomes an entry (image id, path, class). `ListedShards` expands it on the
 workers with `fileio.MatchAll`, labels folder classes from the class names found (a side input), and
 groups the entries into work units by a stable hash of their image id, so the units and their keys are
@@ -42,6 +42,8 @@ class FileListing:
       max_examples: keep only the N entries whose image ids sort first.
       per_file: every file is its own work unit, keyed by its path (TFRecord files), instead of hash
         buckets of `examples_per_shard` entries.
+      text_file: instead of matching `patterns`, read this text file in splits (its first line is a
+        header) and make `entry` of each line (a CSV of images).
     """
 
     patterns: tuple[str, ...]
@@ -51,6 +53,7 @@ class FileListing:
     examples_per_shard: int
     max_examples: int | None = None
     per_file: bool = False
+    text_file: str | None = None
 
 
 def bucket_of(image_id: str, buckets: int) -> int:
@@ -85,11 +88,14 @@ class ListedShards(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         listing = self._listing
-        entries = (pbegin
-                   | "Patterns" >> beam.Create(list(listing.patterns))
-                   | "MatchFiles" >> fileio.MatchAll()
-                   | "Paths" >> beam.Map(lambda metadata: metadata.path)
-                   | "ToEntries" >> beam.FlatMap(_entries, entry=listing.entry))
+        if listing.text_file is not None:
+            lines = pbegin | "ReadLines" >> beam.io.ReadFromText(listing.text_file, skip_header_lines=1)
+        else:
+            lines = (pbegin
+                     | "Patterns" >> beam.Create(list(listing.patterns))
+                     | "MatchFiles" >> fileio.MatchAll()
+                     | "Paths" >> beam.Map(lambda metadata: metadata.path))
+        entries = lines | "ToEntries" >> beam.FlatMap(_entries, entry=listing.entry)
         if listing.per_file:
             return (entries
                     | "OnePerFile" >> beam.Map(lambda item, make: (shard_output.shard_key(item[0].split("://")[-1]),

@@ -241,6 +241,39 @@ class GlobSource(_FileListSource):
             class_labels=None, examples_per_shard=self.examples_per_shard, max_examples=self.max_examples)
 
 
+@dataclasses.dataclass(frozen=True)
+class CsvLayout:
+    """Where an Open Images CSV's images are: its columns (from its header) and IMAGE_DIR."""
+
+    csv_path: str
+    columns: tuple[str, ...]
+    image_dir: str | None
+    path_column: str | None
+    url_column: str | None
+    csv_folder: str
+
+    def entry(self, values: list[str]) -> tuple[str, str, None] | None:
+        """(ImageID, location, no class) of one row's values; None for an empty line (no row at all). A row
+        whose ImageID is unusable, empty included, is kept: reading it refuses it as a dead letter."""
+        if not values:
+            return None
+        row = dict(zip(self.columns, values))
+        image_id = row.get("ImageID", "")
+        if self.image_dir is not None:
+            location = f"{self.image_dir}/{image_id}.jpg"
+        elif self.path_column is not None and row.get(self.path_column):
+            location = row[self.path_column]
+            if not (location.startswith("/") or "://" in location):
+                location = self.csv_folder + location
+        else:
+            location = row.get(self.url_column or "", "") or ""
+        return image_id, location, None
+
+    def line_entry(self, line: str) -> tuple[str, str, None] | None:
+        """`entry` of one line of the CSV (rows have no embedded newlines in Open Images' lists)."""
+        return self.entry(next(csv.reader([line]), []))
+
+
 class OpenImagesCsvSource(_FileListSource):
     """openimages_csv:CSV[:IMAGE_DIR], unlabeled, ids are the ImageID column; reading checks every entry
     (see the module docstring) and fetches URLs within `fetch_settings`."""
@@ -270,7 +303,8 @@ class OpenImagesCsvSource(_FileListSource):
             return read_location(location)  # refuses the scheme
         return file_io.read_bytes(path_checks.inside(root, location))
 
-    def _list_entries(self) -> list[tuple[str, str, int]]:
+    def _layout(self) -> CsvLayout:
+        """The CSV's columns and where its images are, from its first line only (the launcher's check)."""
         parts = split_locations(self.argument)
         if len(parts) > 2 or not parts[0]:
             raise SourceSpecError(f"source {self.spec!r} is not openimages_csv:CSV[:IMAGE_DIR]")
@@ -280,30 +314,43 @@ class OpenImagesCsvSource(_FileListSource):
             raise FileNotFoundError(f"source {self.spec!r}: CSV file {csv_path} does not exist")
         if image_dir is not None and not file_io.is_directory(image_dir):
             raise FileNotFoundError(f"source {self.spec!r}: image directory {image_dir} does not exist")
-        csv_folder = csv_path[:csv_path.rfind("/") + 1] if "/" in csv_path else ""
-        entries = []
         with file_io.open_file(csv_path) as raw:
-            reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-            columns = reader.fieldnames or []
-            if "ImageID" not in columns:
-                raise SourceSpecError(f"source {self.spec!r}: {csv_path} has no ImageID column (columns: {columns})")
-            path_column = next((column for column in PATH_COLUMNS if column in columns), None)
-            url_column = next((column for column in URL_COLUMNS if column in columns), None)
-            if image_dir is None and path_column is None and url_column is None:
-                raise SourceSpecError(
-                    f"source {self.spec!r}: {csv_path} has neither a path column {PATH_COLUMNS} nor a URL column "
-                    f"{URL_COLUMNS}; give an image directory as openimages_csv:CSV:IMAGE_DIR")
-            for row in reader:
-                image_id = row["ImageID"]
-                if image_dir is not None:
-                    location = f"{image_dir}/{image_id}.jpg"
-                elif path_column is not None and row.get(path_column):
-                    location = row[path_column]
-                    if not (location.startswith("/") or "://" in location):
-                        location = csv_folder + location
-                else:
-                    location = row.get(url_column or "", "") or ""
-                entries.append((image_id, location, -1))
+            columns = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline="")), [])
+        if "ImageID" not in columns:
+            raise SourceSpecError(f"source {self.spec!r}: {csv_path} has no ImageID column (columns: {columns})")
+        path_column = next((column for column in PATH_COLUMNS if column in columns), None)
+        url_column = next((column for column in URL_COLUMNS if column in columns), None)
+        if image_dir is None and path_column is None and url_column is None:
+            raise SourceSpecError(
+                f"source {self.spec!r}: {csv_path} has neither a path column {PATH_COLUMNS} nor a URL column "
+                f"{URL_COLUMNS}; give an image directory as openimages_csv:CSV:IMAGE_DIR")
+        return CsvLayout(csv_path=csv_path, columns=tuple(columns), image_dir=image_dir, path_column=path_column,
+                         url_column=url_column, csv_folder=csv_path[:csv_path.rfind("/") + 1] if "/" in csv_path else "")
+
+    def _validate(self) -> None:
+        self._layout()
+
+    def _list_entries(self) -> list[tuple[str, str, int]]:
+        layout = self._layout()
+        entries = []
+        with file_io.open_file(layout.csv_path) as raw:
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            next(reader, None)
+            for values in reader:
+                entry = layout.entry(values)
+                if entry is None:
+                    continue
+                entries.append((entry[0], entry[1], -1))
                 if self.max_examples and len(entries) >= self.max_examples:
                     break
         return entries
+
+    def listing(self) -> listing_module.FileListing | None:
+        """The CSV read in splits on the workers (Beam's text source), one entry per row; None with
+        --max_examples, which takes the first N rows (the launcher reads only those)."""
+        if self.max_examples:
+            return None
+        layout = self._layout()
+        return listing_module.FileListing(
+            patterns=(), entry=layout.line_entry, make_shard=FileShard, class_labels=None,
+            examples_per_shard=self.examples_per_shard, text_file=layout.csv_path)

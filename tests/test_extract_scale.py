@@ -8,6 +8,7 @@
   missing work units: the records are the same, byte for byte per image id, as an uninterrupted run.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -158,3 +159,29 @@ def test_tfrecord_files_are_matched_in_the_job_and_an_id_in_two_files_is_written
         ("y", "duplicate", f"{tmp_path}/part-b.tfrecord[0]")]
     # One work unit per file, keyed by its path; 4 inputs = 3 records + 1 dead letter.
     assert len(result.summary["shards"]) == 2 and result.counters["read"] == 4 and result.summary["balanced"]
+
+
+def test_an_open_images_csv_is_read_in_the_job_and_a_repeated_image_id_is_written_once(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(4):
+        (images / f"id{index}.png").write_bytes(encode(photo(index)))
+    rows = ["ImageID,path", *(f"id{index},images/id{index}.png" for index in range(4)), "id1,images/id2.png", ""]
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    config = extraction.ExtractConfig(source=f"openimages_csv:{csv_path}", teachers=("fake",),
+                                      output=str(tmp_path / "out" / "soft"), dead_letter=str(tmp_path / "out" / "d"),
+                                      batch_size=8)
+    result = extraction.run(config, teacher_loader=load_fake_teacher)
+    written = {record.image_id: record.image_path for record in records.read_records(f"{config.output}.summary.json")}
+    assert written == {f"id{index}": f"{tmp_path}/images/id{index}.png" for index in range(4)}
+    with open(config.dead_letter) as file:
+        (dead,) = [json.loads(line) for line in file]
+    assert (dead["image_id"], dead["stage"], dead["source"]) == ("id1", "duplicate", f"{tmp_path}/images/id2.png")
+    assert result.counters["read"] == 5 and result.summary["balanced"]
+    # The rows are read on the workers: the pipeline is as large for 2,000 rows as for 5.
+    big = tmp_path / "big.csv"
+    big.write_text("\n".join(["ImageID,path", *(f"x{index},images/id0.png" for index in range(2000))]) + "\n")
+    sizes = [extraction.dry_run(dataclasses.replace(config, source=f"openimages_csv:{path}"),
+                                teacher_loader=load_fake_teacher)["pipeline_bytes"] for path in (csv_path, big)]
+    assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0], sizes
