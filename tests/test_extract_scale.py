@@ -185,3 +185,19 @@ def test_an_open_images_csv_is_read_in_the_job_and_a_repeated_image_id_is_writte
     sizes = [extraction.dry_run(dataclasses.replace(config, source=f"openimages_csv:{path}"),
                                 teacher_loader=load_fake_teacher)["pipeline_bytes"] for path in (csv_path, big)]
     assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0], sizes
+
+
+@pytest.mark.slow
+def test_dry_run_on_the_command_line_prints_one_json_line_and_writes_nothing(tmp_path):
+    _photo_folder(tmp_path / "photos", 3)
+    teacher = str(tmp_path / "tiny.keras")
+    tiny_keras_teacher(teacher)
+    output = tmp_path / "out" / "soft"
+    completed = subprocess.run(_extract_command(tmp_path, teacher, output, "--dry_run"), cwd=REPO, capture_output=True,
+                               text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (line,) = completed.stdout.strip().splitlines()
+    report = json.loads(line)
+    assert report["source"] == f"folder:{tmp_path / 'photos'}" and report["teachers"] == ["tiny.keras"]
+    assert 0 < report["pipeline_bytes"] < 1_000_000 and report["existing_outputs"] == 0
+    assert not (tmp_path / "out").exists()
