@@ -23,6 +23,10 @@ CORE = [
     "pillow>=10,<14",
     "matplotlib>=3.8,<4",
     "pyyaml>=6,<7",  # distillery-submit renders Kubernetes manifests
+    # distillery-pipeline: the chain as one Kubeflow Pipelines v2 pipeline (its components run in the image,
+    # so the SDK is a core dependency); kfp pins requests and urllib3 exactly (constraints.txt agrees).
+    "kfp==2.17.3",
+    "kubernetes>=30,<31",  # the training step creates its JobSet / TFJob through the API
 ]
 
 TEST = [
