@@ -4,7 +4,8 @@ A work unit (a shard of the source) is processed whole by one DoFn call, so noth
 bytes, pixels or views crosses a shuffle: only shard descriptions go in and small manifests come out.
 The teacher is called on exactly `batch_size` views each time (views of consecutive images share a
 call; only the shard's last call is padded), so a view's logits do not depend on its neighbours and a
-rerun writes byte-identical records. The shard's records are streamed to a temporary file and committed
+rerun writes byte-identical records. Each call runs in a background thread while the next batch is
+decoded and cropped. The shard's records are streamed to a temporary file and committed
 with its manifest (pipelines/shard_output.py); with `resume`, a committed shard is not done again.
 
     python -c "from pipelines import extract_shard; help(extract_shard.ExtractShardFn)"
@@ -12,6 +13,7 @@ with its manifest (pipelines/shard_output.py); with `resume`, a committed shard 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -26,7 +28,14 @@ from apache_beam.utils import shared
 
 from distillery import images, records, views
 from pipelines import shard_output
-from pipelines.teacher_inference import METRICS_NAMESPACE, ViewedImage, load_shared_teacher, progress, run_fixed_batches
+from pipelines.teacher_inference import (
+    METRICS_NAMESPACE,
+    ViewedImage,
+    load_shared_teacher,
+    progress,
+    run_fixed_batches,
+    runtime_of,
+)
 
 COUNTERS = ("read", "read_failed", "decode_failed", "teacher_failed", "duplicates", "written", "dead_letters",
             "batches", "views", "labelled_views", "teacher_top1_correct")
@@ -104,21 +113,28 @@ class ViewBatcher:
 
     `add` returns the images whose every view has its logits, in the order they were added; `flush`
     finishes the rest with one padded call. At most `batch_size` + V views are held at a time.
+
+    With `overlap`, each call runs in a background thread while the caller decodes and crops the next
+    batch (the teacher releases the GIL: TensorFlow's ops and LiteRT's invoke do): an image then comes
+    back one call later, at most 2 x `batch_size` + V views are held, and the calls, their order and
+    so the logits are the same. One call at a time is in flight.
     """
 
-    def __init__(self, teacher: Any, batch_size: int):
+    def __init__(self, teacher: Any, batch_size: int, overlap: bool = False):
         self._teacher, self._batch_size = teacher, batch_size
         self._images: list[ViewedImage] = []      # waiting, in order
         self._logits: list[list[np.ndarray]] = []  # per waiting image, the logits of its views so far
-        self._queue: list[tuple[int, np.ndarray]] = []  # (waiting image position, one view's pixels)
+        self._queue: list[tuple[list[np.ndarray], np.ndarray]] = []  # (its image's logits list, one view's pixels)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "teacher") if overlap else None
+        self._in_flight: tuple[list, concurrent.futures.Future] | None = None
         self.calls = 0
         self.views = 0
 
     def add(self, image: ViewedImage) -> list[tuple[ViewedImage, np.ndarray]]:
-        position = len(self._images)
+        slot: list[np.ndarray] = []
         self._images.append(image)
-        self._logits.append([])
-        self._queue.extend((position, view) for view in image.pixels)
+        self._logits.append(slot)
+        self._queue.extend((slot, view) for view in image.pixels)
         while len(self._queue) >= self._batch_size:
             self._run(self._batch_size)
         return self._pop_finished()
@@ -126,15 +142,32 @@ class ViewBatcher:
     def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
         if self._queue:
             self._run(len(self._queue))
+        self._collect()
+        if self._executor is not None:
+            self._executor.shutdown()
         return self._pop_finished()
 
     def _run(self, count: int) -> None:
         taken, self._queue = self._queue[:count], self._queue[count:]
-        logits = run_fixed_batches(self._teacher, np.stack([view for _, view in taken]), self._batch_size)
-        for (position, _), row in zip(taken, logits):
-            self._logits[position].append(row)
-        self.calls += -(-count // self._batch_size)
-        self.views += count
+        views = np.stack([view for _, view in taken])
+        self._collect()
+        if self._executor is None:
+            self._assign(taken, run_fixed_batches(self._teacher, views, self._batch_size))
+        else:
+            self._in_flight = (taken, self._executor.submit(run_fixed_batches, self._teacher, views, self._batch_size))
+
+    def _collect(self) -> None:
+        """Waits for the call in flight, if any, and hands its logits to their images."""
+        if self._in_flight is not None:
+            taken, future = self._in_flight
+            self._in_flight = None
+            self._assign(taken, future.result())
+
+    def _assign(self, taken: list[tuple[list[np.ndarray], np.ndarray]], logits: np.ndarray) -> None:
+        for (slot, _), row in zip(taken, logits):
+            slot.append(row)
+        self.calls += -(-len(taken) // self._batch_size)  # counted when done, so progress lines add up
+        self.views += len(taken)
 
     def _pop_finished(self) -> list[tuple[ViewedImage, np.ndarray]]:
         finished = 0
@@ -144,7 +177,6 @@ class ViewBatcher:
                 for image, logits in zip(self._images[:finished], self._logits[:finished])]
         if finished:
             self._images, self._logits = self._images[finished:], self._logits[finished:]
-            self._queue = [(position - finished, view) for position, view in self._queue]
         return done
 
 
@@ -182,7 +214,8 @@ class ExtractShardFn(beam.DoFn):
         writer = shard_output.ShardWriter(self._settings.output, key)
         try:
             counts, dead = self._extract(shard, writer, duplicates or {})
-            manifest = writer.commit({"shard": fingerprint, "counters": counts, "dead_letters": dead})
+            manifest = writer.commit({"shard": fingerprint, "counters": counts, "dead_letters": dead,
+                                      "teacher_runtime": runtime_of(self._teacher)})
         except BaseException:
             writer.abort()
             raise
@@ -226,7 +259,7 @@ class ExtractShardFn(beam.DoFn):
                 logging.info(message)
 
         progress.start()
-        batcher = ViewBatcher(self._teacher, max(settings.batch_size, 1))
+        batcher = ViewBatcher(self._teacher, max(settings.batch_size, 1), overlap=True)
         for item in self._read(shard, counts, dead_letter):
             winner = duplicates.get(str(item.image_id))
             if winner is not None and winner != str(item.origin):

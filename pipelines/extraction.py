@@ -54,7 +54,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.utils import shared
 
-from distillery import records, saved_model_check, views
+from distillery import litert_teacher, records, saved_model_check, views
 from distillery.cli import option
 from pipelines import extract_shard, gcs, listing, shard_output, teacher_inference, url_fetch
 from pipelines.extract_shard import COUNTERS
@@ -89,6 +89,7 @@ class ExtractConfig:
     store_image_max_side: int = option(0, lower_bound=0, help="Store the image re-encoded (JPEG) with its longer "
                                        "side at most this; 0 = store only its path (image/path always holds it).")
     batch_size: int = option(32, lower_bound=1, help="Views per teacher call.")
+    teacher_runtime: str = option("auto", choices=litert_teacher.RUNTIMES, help=litert_teacher.RUNTIME_HELP)
     log_every: int = option(100, lower_bound=0, help="Progress line every N images per worker.")
     examples_per_shard: int | None = option(None, lower_bound=1, help="Inputs per work unit (default: the "
                                             "source's, 256); lower it to spread a few hundred images over several "
@@ -135,6 +136,8 @@ class ExtractConfig:
              f"--store_image_max_side must be > 0 (e.g. 320) for --source={self.source}: it has no image files "
              "the trainer could read the views from"),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (self.teacher_runtime in litert_teacher.RUNTIMES,
+             f"--teacher_runtime must be one of {litert_teacher.RUNTIMES}, got {self.teacher_runtime!r}"),
             (not (self.overwrite and self.resume), "--overwrite and --resume exclude each other"),
             (self.fetch_timeout > 0, f"--fetch_timeout must be > 0 seconds, got {self.fetch_timeout}"),
             (self.max_image_bytes >= 1, f"--max_image_bytes must be >= 1, got {self.max_image_bytes}"),
@@ -149,7 +152,12 @@ class ExtractConfig:
 
 # The settings a resumed run must share with the run it finishes (they change the records' bytes).
 RESUME_SETTINGS = ("source", "teachers", "views", "top_k", "max_examples", "seed", "min_scale", "logit_dtype",
-                   "store_image_max_side", "batch_size", "examples_per_shard")
+                   "store_image_max_side", "batch_size", "examples_per_shard", "teacher_runtime")
+
+
+def teacher_batch_size(config: ExtractConfig) -> int:
+    """Views in every teacher call: --batch_size, or --views when larger (an image's views share a call)."""
+    return max(config.batch_size, config.views)
 
 
 def make_pipeline(beam_args: Sequence[str] = (), save_main_session: bool = False) -> beam.Pipeline:
@@ -195,7 +203,7 @@ def build(pipeline: beam.Pipeline, config: ExtractConfig, source: Any, teacher_l
             | "ChooseCopies" >> beam.FlatMap(extract_shard.chosen_copies))
     settings = extract_shard.ShardSettings(
         output=config.output, num_views=config.views, seed=config.seed, min_scale=config.min_scale,
-        store_image_max_side=config.store_image_max_side, batch_size=max(config.batch_size, config.views),
+        store_image_max_side=config.store_image_max_side, batch_size=teacher_batch_size(config),
         top_k=config.top_k, logit_dtype=config.logit_dtype, log_every=config.log_every, resume=config.resume,
         max_image_pixels=config.max_image_pixels)
     manifests = shards | "ExtractShards" >> beam.ParDo(
@@ -298,7 +306,8 @@ def open_inputs(config: ExtractConfig, source: Any = None,
     for path in (config.output, config.dead_letter, config.source.split(":", 1)[-1]):
         if gcs.is_gcs_path(path):
             gcs.use_emulator_credentials()
-    teacher_loader = teacher_loader or TeacherLoader(tuple(config.teachers), config.trust_saved_model)
+    teacher_loader = teacher_loader or TeacherLoader(tuple(config.teachers), config.trust_saved_model,
+                                                     config.teacher_runtime, teacher_batch_size(config))
     if source is None:
         from pipelines import sources  # pylint: disable=import-outside-toplevel
 
@@ -374,6 +383,8 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
         "num_classes": int(teacher.num_classes), "seconds": round(seconds, 3), "counters": counters,
         "shards": totals["shards"], "records": sum(shard["records"] for shard in totals["shards"]),
         "resumed_shards": totals["resumed_shards"],
+        # Resolved on the workers: "litert", "tf", or "litert+tf" when workers (or a resumed run) differed.
+        "teacher_runtime": "+".join(totals.get("teacher_runtimes") or [teacher_inference.runtime_of(teacher)]),
     }
     live = read_counters(result)
     done_now = live["read"] if live else counters["read"]

@@ -180,7 +180,8 @@ def read_manifest(prefix: str, key: str) -> dict[str, Any] | None:
 
 def finalize(prefix: str, dead_letter: str, manifests: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Writes the dead-letter file from every shard's manifest (in key order) and returns the totals:
-    {"shards": [{"file", "records"}...], "counters": summed, "resumed_shards"}."""
+    {"shards": [{"file", "records"}...], "counters": summed, "resumed_shards", "teacher_runtimes": the
+    distinct runtimes the shards' teachers ran on, sorted}."""
     ordered = sorted(manifests, key=lambda manifest: manifest["key"])
     lines = [line for manifest in ordered for line in manifest.get("dead_letters", ())]
     write_text(dead_letter, "".join(line + "\n" for line in lines))
@@ -189,7 +190,8 @@ def finalize(prefix: str, dead_letter: str, manifests: Iterable[dict[str, Any]])
         for name, value in manifest.get("counters", {}).items():
             counters[name] = counters.get(name, 0) + int(value)
     return {"shards": [{"file": manifest["file"], "records": manifest["records"]} for manifest in ordered],
-            "counters": counters, "resumed_shards": sum(1 for manifest in ordered if manifest.get("resumed"))}
+            "counters": counters, "resumed_shards": sum(1 for manifest in ordered if manifest.get("resumed")),
+            "teacher_runtimes": sorted({manifest["teacher_runtime"] for manifest in ordered if manifest.get("teacher_runtime")})}
 
 
 def shard_files(summary: dict[str, Any]) -> Sequence[str]:

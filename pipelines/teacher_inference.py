@@ -36,20 +36,31 @@ METRICS_NAMESPACE = "distillery.extract"
 
 @dataclasses.dataclass(frozen=True)
 class TeacherLoader:
-    """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits), and
-    whether a SavedModel among them is loaded without its op check (--trust_saved_model)."""
+    """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits), whether
+    a SavedModel among them is loaded without its op check (--trust_saved_model), the runtime
+    (--teacher_runtime: auto is resolved where the loader runs, on the worker; the job passes its flag,
+    whose default is auto) and the batch every call has (litert compiles the model for it)."""
 
     specs: tuple[str, ...]
     trust_saved_model: bool = False
+    runtime: str = "tf"
+    batch_size: int = 32
 
     def __call__(self):
-        from distillery import teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
+        from distillery import litert_teacher, teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
 
-        return teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
+        teacher = teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
+        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size)
 
     @property
     def tag(self) -> str:
-        return "teachers:" + "|".join(self.specs) + (" (trusted)" if self.trust_saved_model else "")
+        return ("teachers:" + "|".join(self.specs) + (" (trusted)" if self.trust_saved_model else "")
+                + f" runtime={self.runtime} batch={self.batch_size}")
+
+
+def runtime_of(teacher: Any) -> str:
+    """The runtime a loaded teacher runs on: "litert" for a LiteRT teacher, else "tf"."""
+    return str(getattr(teacher, "runtime", "tf"))
 
 
 class _Holder:

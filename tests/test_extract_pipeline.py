@@ -261,6 +261,25 @@ def test_view_batcher_calls_the_teacher_on_exactly_batch_size_views_and_splits_t
     assert (batcher.calls, batcher.views) == (2, 6)
 
 
+def test_an_overlapping_view_batcher_makes_the_same_calls_and_returns_images_one_call_later():
+    sequential, overlapping = _CountingTeacher(), _CountingTeacher()
+    plain, ahead = extract_shard.ViewBatcher(sequential, 4), extract_shard.ViewBatcher(overlapping, 4, overlap=True)
+    images = [_viewed(name, [index, index + 10, index + 20]) for index, name in enumerate("abcde")]
+    finished = {"plain": [], "ahead": []}
+    for image in images:
+        finished["plain"] += plain.add(image)
+        finished["ahead"] += ahead.add(image)
+        assert len(finished["ahead"]) <= len(finished["plain"])  # its images come back later, never earlier
+    finished["plain"] += plain.flush()
+    finished["ahead"] += ahead.flush()
+    assert overlapping.calls == sequential.calls == [4, 4, 4, 4]  # the same calls (the last padded), in order
+    assert [image.image_id for image, _ in finished["ahead"]] == list("abcde")
+    for (image, logits), (same_image, same_logits) in zip(finished["plain"], finished["ahead"]):
+        assert image.image_id == same_image.image_id
+        np.testing.assert_array_equal(logits, same_logits)
+    assert (ahead.calls, ahead.views) == (plain.calls, plain.views) == (4, 15)
+
+
 def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
     from pipelines import teacher_inference
 
