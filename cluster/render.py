@@ -9,9 +9,17 @@ kustomize it selects one job's objects and applies `--set` parameters (below).
 
     distillery-submit render --overlay=small --job=train --set model_dir=gs://my-bucket/runs/try1
 
+Jobs (`--job`): `train` (the JobSet), `train-tfjob` (the same training as a TFJob, for clusters with only
+the Kubeflow training operator; rendered unsuspended, while `all` and plain kustomize keep it suspended),
+`extract` (the Flink session, the Beam job server and both extract Jobs), `factorize`, `quantize`,
+`benchmark`, `launcher` (the pipeline launcher's service account and Role); each comes with the objects
+labelled `common` (service account, parameters, network policies).
+
 Parameters (`--set NAME=VALUE`):
-  - any key of the `distillery-params` ConfigMap, in lower case (model_dir, train_glob, source, ...);
-  - `workers`: TFJob worker replicas (besides the chief); `gpus`: GPUs per training replica;
+  - any key of the `distillery-params` ConfigMap, in lower case (model_dir, train_glob, steps, ...);
+    setting soft_labels or eval_soft_labels alone also points train_glob and calibration_glob, or eval_glob,
+    at that extraction's summary file;
+  - `workers`: training worker replicas besides the chief (JobSet and TFJob); `gpus`: GPUs per training pod;
   - `taskmanagers`: Flink TaskManager replicas;
   - `image_repository`, `image_tag`: where the Distillery image lives (the tag gets the variant
     suffix -cpu / -gpu that each container already uses);
@@ -28,10 +36,12 @@ from typing import Any
 
 import yaml
 
+from cluster import pods
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"
 OVERLAYS = ("small", "large")
-JOBS = ("train", "extract", "factorize", "quantize", "benchmark")
+JOBS = ("train", "train-tfjob", "extract", "factorize", "quantize", "benchmark", "launcher")
 PARAMS_CONFIGMAP = "distillery-params"
 SERVICE_ACCOUNT = "distillery"
 # The repository the base's `images` entries give the Distillery image (k8s/base/kustomization.yaml).
@@ -41,6 +51,9 @@ WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 _SUPPORTED_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "labels", "images", "patches"}
 _STRUCTURAL_PARAMETERS = ("workers", "gpus", "taskmanagers", "image_repository", "image_tag",
                           "gcp_service_account", "namespace")
+SUMMARY_SUFFIX = ".summary.json"  # distillery/records.py: an extraction's list of the files it wrote
+# ConfigMap keys that name an extraction's summary, and the output prefix they follow when only it is set.
+_FOLLOWS_OUTPUT = {"TRAIN_GLOB": "SOFT_LABELS", "CALIBRATION_GLOB": "SOFT_LABELS", "EVAL_GLOB": "EVAL_SOFT_LABELS"}
 
 Manifest = dict[str, Any]
 
@@ -283,13 +296,18 @@ def apply_parameters(resources: Sequence[Manifest], parameters: Mapping[str, str
     known_keys = sorted(configmaps[0]["data"]) if configmaps else []
     for name, value in parameters.items():
         if name == "workers":
+            workers = _positive_int(name, value, 0)
             for tfjob in _find(resources, "TFJob"):
-                tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] = _positive_int(name, value, 0)
+                tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] = workers
+            for jobset in _find(resources, "JobSet"):
+                for replicated_job in jobset["spec"]["replicatedJobs"]:
+                    if replicated_job["name"] == "worker":
+                        replicated_job["replicas"] = workers
         elif name == "gpus":
             gpus = str(_positive_int(name, value, 0))
-            for tfjob in _find(resources, "TFJob"):
-                for replica in tfjob["spec"]["tfReplicaSpecs"].values():
-                    for container in replica["template"]["spec"]["containers"]:
+            for trainer in _find(resources, "TFJob") + _find(resources, "JobSet"):
+                for _, spec in pods.pod_specs(trainer):
+                    for container in spec["containers"]:
                         for bound in ("requests", "limits"):
                             container["resources"][bound]["nvidia.com/gpu"] = gpus
         elif name == "taskmanagers":
@@ -319,13 +337,19 @@ def apply_parameters(resources: Sequence[Manifest], parameters: Mapping[str, str
                 known = ", ".join(sorted(_STRUCTURAL_PARAMETERS) + [k.lower() for k in known_keys])
                 raise RenderError(f"--set {name}: unknown parameter (known: {known})")
             configmaps[0]["data"][key] = value
+    for key, output in _FOLLOWS_OUTPUT.items():
+        if output.lower() in parameters and key.lower() not in parameters and configmaps:
+            configmaps[0]["data"][key] = parameters[output.lower()] + SUMMARY_SUFFIX
     return resources
 
 
 def render(overlay: str, job: str = "all", parameters: Mapping[str, str] | None = None,
            k8s_dir: pathlib.Path = K8S_DIR) -> list[Manifest]:
-    """Overlay -> one job's objects -> parameters applied."""
+    """Overlay -> one job's objects -> parameters applied (`train-tfjob`: the TFJob unsuspended)."""
     resources = select_job(render_overlay(overlay, k8s_dir), job)
+    if job == "train-tfjob":
+        for tfjob in _find(resources, "TFJob"):
+            tfjob["spec"].setdefault("runPolicy", {})["suspend"] = False
     return apply_parameters(resources, parameters or {})
 
 

@@ -1,8 +1,8 @@
 """Checks rendered manifests offline, without a cluster.
 
-Core kinds (Job, Deployment, Service, ConfigMap, ServiceAccount) are checked by the
-`kubernetes-validate` package against the Kubernetes OpenAPI schemas in strict mode (unknown
-fields rejected). Custom resources (TFJob, FlinkDeployment) are checked against the
+Core kinds (Job, Deployment, Service, ConfigMap, ServiceAccount, NetworkPolicy, Role, RoleBinding) are
+checked by the `kubernetes-validate` package against the Kubernetes OpenAPI schemas in strict mode (unknown
+fields rejected). Custom resources (JobSet, TFJob, FlinkDeployment) are checked against the
 openAPIV3Schema of the served version in their CustomResourceDefinition, with JSON Schema draft 7
 (jsonschema), made strict the way the API server prunes: wherever a schema lists `properties`
 and neither sets `additionalProperties` nor `x-kubernetes-preserve-unknown-fields: true`, an
@@ -32,6 +32,7 @@ KUBERNETES_VERSION = "1.33"
 CUSTOM_KINDS = {
     ("kubeflow.org/v1", "TFJob"): "kubeflow.org_tfjobs.yaml",
     ("flink.apache.org/v1beta1", "FlinkDeployment"): "flinkdeployments.flink.apache.org-v1.yml",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset.x-k8s.io_jobsets.yaml",
 }
 
 
@@ -81,7 +82,7 @@ def _describe(resource: Mapping[str, Any]) -> str:
 
 
 def validate_custom_resource(resource: Mapping[str, Any], crd_dir: pathlib.Path) -> None:
-    """Validates a TFJob or FlinkDeployment against its CRD in `crd_dir`.
+    """Validates a JobSet, TFJob or FlinkDeployment against its CRD in `crd_dir`.
 
     Raises:
         ManifestInvalid: the kind has no CRD here, or the schema rejects the object.

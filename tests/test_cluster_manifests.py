@@ -1,6 +1,6 @@
 """k8s/: every manifest parses, renders as kustomize does, validates, and says what the issue asks.
 
-Core kinds are checked with kubernetes-validate (strict), TFJob and FlinkDeployment against the
+Core kinds are checked with kubernetes-validate (strict), JobSet, TFJob and FlinkDeployment against the
 CRDs in ../shared/k8s-crds (skipped with a message where that folder is absent), the python
 renderer against `kubectl kustomize` where kubectl exists.
 """
@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from cluster import render, validate
+from cluster import jobset_tf_config, pods, render, validate
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 K8S_DIR = REPO_ROOT / "k8s"
@@ -34,19 +34,6 @@ def console_scripts():
             entry_points = ast.literal_eval(node.value)
             return {item.split("=")[0].strip() for item in entry_points["console_scripts"]}
     raise AssertionError("setup.py has no entry_points")
-
-
-def pod_specs(resource):
-    """(where, pod spec) of every pod template in a manifest."""
-    kind, spec = resource["kind"], resource.get("spec", {})
-    if kind in ("Job", "Deployment"):
-        yield kind, spec["template"]["spec"]
-    elif kind == "TFJob":
-        for replica_type, replica in spec["tfReplicaSpecs"].items():
-            yield replica_type, replica["template"]["spec"]
-    elif kind == "FlinkDeployment":
-        yield "podTemplate", spec["podTemplate"]["spec"]
-        yield "taskManager", spec["taskManager"]["podTemplate"]["spec"]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -69,16 +56,16 @@ def test_overlays_have_the_expected_objects(rendered):
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in resources)
     assert kinds == sorted([
         ("ServiceAccount", "distillery"), ("ConfigMap", "distillery-params"),
-        ("TFJob", "distillery-train"), ("FlinkDeployment", "distillery-flink"),
+        ("JobSet", "distillery-train"), ("TFJob", "distillery-train"), ("FlinkDeployment", "distillery-flink"),
         ("Deployment", "distillery-beam-job-server"), ("Service", "distillery-beam-job-server"),
-        ("Job", "distillery-extract"), ("Job", "distillery-factorize"), ("Job", "distillery-quantize"),
-        ("Job", "distillery-benchmark")])
+        ("Job", "distillery-extract"), ("Job", "distillery-extract-eval"), ("Job", "distillery-factorize"),
+        ("Job", "distillery-quantize"), ("Job", "distillery-benchmark")])
 
 
 def test_core_kinds_validate_strictly(rendered):
     _, resources = rendered
     core = [r for r in resources if (r["apiVersion"], r["kind"]) not in validate.CUSTOM_KINDS]
-    assert len(core) == 8
+    assert len(core) == 9
     for resource in core:
         validate.validate_core(resource)
 
@@ -95,7 +82,7 @@ def test_strict_core_validation_rejects_a_misspelt_field():
 def test_custom_resources_validate_against_their_crds(rendered):
     _, resources = rendered
     custom = [r for r in resources if (r["apiVersion"], r["kind"]) in validate.CUSTOM_KINDS]
-    assert sorted(r["kind"] for r in custom) == ["FlinkDeployment", "TFJob"]
+    assert sorted(r["kind"] for r in custom) == ["FlinkDeployment", "JobSet", "TFJob"]
     for resource in custom:
         validate.validate_custom_resource(resource, CRD_DIR)
 
@@ -107,6 +94,14 @@ def test_crd_validation_rejects_unknown_fields_and_bad_values():
     tfjob["spec"]["tfReplicaSpecs"]["Chief"]["restartPolcy"] = "OnFailure"
     with pytest.raises(validate.ManifestInvalid, match="restartPolcy"):
         validate.validate_custom_resource(tfjob, CRD_DIR)
+    (jobset,) = [copy.deepcopy(r) for r in resources if r["kind"] == "JobSet"]
+    jobset["spec"]["replicatedJobs"][1]["template"]["spec"]["template"]["spec"]["restartPolcy"] = "Never"
+    with pytest.raises(validate.ManifestInvalid, match="restartPolcy"):
+        validate.validate_custom_resource(jobset, CRD_DIR)
+    (jobset,) = [copy.deepcopy(r) for r in resources if r["kind"] == "JobSet"]
+    jobset["spec"]["failurePolicy"]["restartStrategy"] = "Sometimes"
+    with pytest.raises(validate.ManifestInvalid, match="restartStrategy"):
+        validate.validate_custom_resource(jobset, CRD_DIR)
     (flink,) = [copy.deepcopy(r) for r in resources if r["kind"] == "FlinkDeployment"]
     flink["spec"]["flinkVersion"] = "v1_99"
     with pytest.raises(validate.ManifestInvalid, match="flinkVersion"):
@@ -149,15 +144,14 @@ def test_security_resources_and_no_secrets(rendered):
     (account,) = [r for r in resources if r["kind"] == "ServiceAccount"]
     assert account["metadata"]["annotations"][render.WORKLOAD_IDENTITY_ANNOTATION].endswith(
         ".iam.gserviceaccount.com")
-    pods = [(resource["metadata"]["name"], where, spec) for resource in resources
-            for where, spec in pod_specs(resource)]
-    assert len(pods) == 9  # 2 TFJob replicas, 2 Flink templates, the job server, 4 Jobs
-    for name, where, spec in pods:
-        if where != "taskManager":  # merged with the FlinkDeployment's podTemplate, checked there
-            assert spec["securityContext"]["runAsNonRoot"] is True, (name, where)
-            assert spec["securityContext"]["runAsUser"] > 0, (name, where)
-            if where != "podTemplate":
-                assert spec["serviceAccountName"] == "distillery", (name, where)
+    specs = [(resource["metadata"]["name"], where, spec) for resource in resources
+             for where, spec in pods.pod_specs(resource)]
+    assert len(specs) == 12  # 2 JobSet replicated jobs, 2 TFJob replicas, JobManager, TaskManager, job server, 5 Jobs
+    for name, where, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, (name, where)
+        assert spec["securityContext"]["runAsUser"] > 0, (name, where)
+        if name != "distillery-flink":  # the FlinkDeployment names its service account in spec.serviceAccount
+            assert spec["serviceAccountName"] == "distillery", (name, where)
         for container in spec["containers"]:
             if container["name"] == "flink-main-container":  # sized by spec.jobManager/taskManager.resource
                 continue
@@ -191,10 +185,41 @@ def test_commands_exist_in_setup_console_scripts(rendered):
                     "distillery-benchmark", BEAM_BOOT}
 
 
+TRAIN_ARGS = ["--train=$(TRAIN_GLOB)", "--eval=$(EVAL_GLOB)", "--model_dir=$(MODEL_DIR)", "--student=$(STUDENT)",
+              "--width=$(WIDTH)", "--image_size=$(IMAGE_SIZE)", "--steps=$(STEPS)", "--batch_size=$(BATCH_SIZE)",
+              "--learning_rate=$(LEARNING_RATE)", "--optimizer=$(OPTIMIZER)", "--alpha=$(ALPHA)",
+              "--temperature=$(TEMPERATURE)", "--checkpoint_every=$(CHECKPOINT_EVERY)", "--log_every=$(LOG_EVERY)",
+              "--shuffle_buffer=$(SHUFFLE_BUFFER)", "--strategy=multi_worker"]
+
+
+def test_jobset_is_multi_worker_gpu_training_that_resumes(rendered):
+    overlay, resources = rendered
+    (jobset,) = [r for r in resources if r["kind"] == "JobSet"]
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    assert jobset["metadata"]["labels"][render.COMPONENT_LABEL] == "train"
+    replicated = {job["name"]: job for job in jobset["spec"]["replicatedJobs"]}
+    assert list(replicated) == ["chief", "worker"]
+    assert replicated["chief"]["replicas"] == 1
+    assert replicated["worker"]["replicas"] == {"base": 1, "small": 1, "large": 7}[overlay]
+    assert jobset["spec"]["failurePolicy"]["maxRestarts"] >= 1  # a lost pod restarts the set, which resumes
+    assert jobset["spec"]["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["chief"]}
+    gpus = {"base": "1", "small": "1", "large": "4"}[overlay]
+    for job in replicated.values():
+        assert job["template"]["spec"]["backoffLimit"] == 0
+        assert job["template"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        container = jobset_tf_config.trainer_container(job)
+        assert container["image"] == "REGISTRY/distillery:0.1.0-gpu"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+        assert container["args"] == TRAIN_ARGS
+        assert "TF_CONFIG" not in yaml.safe_dump(container)  # the trainer builds it from the JobSet's hostnames
+
+
 def test_tfjob_is_multi_worker_gpu_training_that_resumes(rendered):
     overlay, resources = rendered
     (tfjob,) = [r for r in resources if r["kind"] == "TFJob"]
     assert tfjob["apiVersion"] == "kubeflow.org/v1"
+    assert tfjob["metadata"]["labels"][render.COMPONENT_LABEL] == "train-tfjob"
+    assert tfjob["spec"]["runPolicy"]["suspend"] is True  # applying everything starts one training, the JobSet
     replicas = tfjob["spec"]["tfReplicaSpecs"]
     assert set(replicas) == {"Chief", "Worker"}
     assert replicas["Chief"]["replicas"] == 1
@@ -206,8 +231,7 @@ def test_tfjob_is_multi_worker_gpu_training_that_resumes(rendered):
         assert container["name"] == "tensorflow"
         assert container["image"] == "REGISTRY/distillery:0.1.0-gpu"
         assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
-        assert "--strategy=multi_worker" in container["args"]
-        assert "--model_dir=$(MODEL_DIR)" in container["args"]
+        assert container["args"] == TRAIN_ARGS
         assert "TF_CONFIG" not in yaml.safe_dump(container)  # the operator sets it
     (params,) = [r for r in resources if r["kind"] == "ConfigMap"]
     assert params["data"]["MODEL_DIR"].startswith("gs://")
@@ -227,12 +251,13 @@ def test_flink_deployment_has_worker_pool_sidecar_and_job_server(rendered):
     assert container["image"] == "apache/beam_flink1.20_job_server:2.77.0"
     assert flink["spec"]["flinkVersion"] == "v1_20"
     assert "--flink-master=distillery-flink-rest:8081" in container["args"]
-    (extract,) = [r for r in resources if r["metadata"]["name"] == "distillery-extract"]
-    args = extract["spec"]["template"]["spec"]["containers"][0]["args"]
-    beam_options = args[args.index("--") + 1:]
-    assert beam_options == ["--runner=PortableRunner", "--job_endpoint=$(BEAM_JOB_ENDPOINT)",
-                            "--artifact_endpoint=$(BEAM_ARTIFACT_ENDPOINT)", "--environment_type=EXTERNAL",
-                            "--environment_config=localhost:50000"]
+    for name in ("distillery-extract", "distillery-extract-eval"):
+        (extract,) = [r for r in resources if r["metadata"]["name"] == name]
+        args = extract["spec"]["template"]["spec"]["containers"][0]["args"]
+        beam_options = args[args.index("--") + 1:]
+        assert beam_options == ["--runner=PortableRunner", "--job_endpoint=$(BEAM_JOB_ENDPOINT)",
+                                "--artifact_endpoint=$(BEAM_ARTIFACT_ENDPOINT)", "--environment_type=EXTERNAL",
+                                "--environment_config=localhost:50000"]
 
 
 def test_env_references_in_args_all_exist_in_the_configmap(rendered):
@@ -250,15 +275,24 @@ def test_env_references_in_args_all_exist_in_the_configmap(rendered):
 
 
 def test_select_job_and_parameters():
-    resources = render.render("small", "train", render.parse_assignments([
+    parameters = render.parse_assignments([
         "model_dir=gs://my-bucket/runs/try1", "workers=3", "gpus=2", "image_repository=ghcr.io/me/distillery",
-        "image_tag=0.2.0", "namespace=ml", "gcp_service_account=trainer@p.iam.gserviceaccount.com"]))
-    assert sorted(r["kind"] for r in resources) == ["ConfigMap", "ServiceAccount", "TFJob"]
-    (tfjob,) = [r for r in resources if r["kind"] == "TFJob"]
+        "image_tag=0.2.0", "namespace=ml", "gcp_service_account=trainer@p.iam.gserviceaccount.com", "steps=500"])
+    resources = render.render("small", "train", parameters)
+    assert sorted(r["kind"] for r in resources if r["metadata"]["labels"][render.COMPONENT_LABEL] != "common") == [
+        "JobSet"]
+    (jobset,) = [r for r in resources if r["kind"] == "JobSet"]
     (params,) = [r for r in resources if r["kind"] == "ConfigMap"]
     (account,) = [r for r in resources if r["kind"] == "ServiceAccount"]
-    assert params["data"]["MODEL_DIR"] == "gs://my-bucket/runs/try1"
-    assert params["data"]["TRAIN_GLOB"] == "gs://BUCKET/distillery/small/soft_labels/train-*"  # untouched
+    assert params["data"]["MODEL_DIR"] == "gs://my-bucket/runs/try1" and params["data"]["STEPS"] == "500"
+    assert params["data"]["TRAIN_GLOB"] == "gs://BUCKET/distillery/small/soft_labels/train.summary.json"  # untouched
+    assert [job["replicas"] for job in jobset["spec"]["replicatedJobs"]] == [1, 3]
+    for _, spec in pods.pod_specs(jobset):
+        assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert spec["containers"][0]["image"] == "ghcr.io/me/distillery:0.2.0-gpu"
+    tfjob_resources = render.render("small", "train-tfjob", parameters)
+    (tfjob,) = [r for r in tfjob_resources if r["kind"] == "TFJob"]
+    assert tfjob["spec"]["runPolicy"]["suspend"] is False  # asked for by name: it runs
     assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 3
     container = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"

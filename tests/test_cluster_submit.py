@@ -89,14 +89,19 @@ def test_command_line_render_apply_and_dataflow():
     result = _submit("render", "--overlay=large", "--job=train", "--set", "model_dir=gs://x/run1",
                      "--set", "workers=15")
     assert result.returncode == 0, result.stderr
-    documents = list(yaml.safe_load_all(result.stdout))
-    assert [d["kind"] for d in documents] == ["ServiceAccount", "ConfigMap", "TFJob"]
-    assert documents[1]["data"]["MODEL_DIR"] == "gs://x/run1"
-    assert documents[2]["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 15
+    documents = {d["kind"]: d for d in yaml.safe_load_all(result.stdout)}
+    assert {"ServiceAccount", "ConfigMap", "JobSet"} <= set(documents) and "TFJob" not in documents
+    assert documents["ConfigMap"]["data"]["MODEL_DIR"] == "gs://x/run1"
+    assert [job["replicas"] for job in documents["JobSet"]["spec"]["replicatedJobs"]] == [1, 15]
+    result = _submit("render", "--overlay=small", "--job=train-tfjob", "--set", "workers=2")
+    assert result.returncode == 0, result.stderr
+    (tfjob,) = [d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "TFJob"]
+    assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2 and tfjob["spec"]["runPolicy"]["suspend"] is False
     result = _submit("apply", "--overlay=small", "--job=benchmark")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# dry run: would pipe the following to `kubectl apply -f -`")
-    assert [d["kind"] for d in yaml.safe_load_all(result.stdout) if d] == ["ServiceAccount", "ConfigMap", "Job"]
+    kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout) if d]
+    assert [kind for kind in kinds if kind in ("ServiceAccount", "ConfigMap", "Job")] == ["ServiceAccount", "ConfigMap", "Job"]
     result = _submit("dataflow", "--project=p", "--region=r", "--temp_location=gs://b/t", "--setup_file=./setup.py",
                      "--", *EXTRACT_FLAGS, "--", "--save_main_session")
     assert result.returncode == 0, result.stderr

@@ -3,26 +3,27 @@
 The Kubeflow training operator's rule is reproduced in cluster/tf_config.py; here it is checked
 against a hand-written TF_CONFIG, then the chief's and the worker's TF_CONFIGs (service names
 swapped for 127.0.0.1 ports) drive two local `python -m trainer.train --strategy=multi_worker`
-processes with the TFJob container's own arguments, which must train as one 2-replica cluster.
+processes with the TFJob container's own arguments (the run shrunk by rendering it with a tiny
+parameter set, not by adding flags), which must train as one 2-replica cluster.
 """
 
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 
+import cluster_fixtures
 import pytest
 from trainer_fixtures import free_ports
 
-from cluster import render, tf_config
+from cluster import job_arguments, render, tf_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _train_tfjob(overlay="small", parameters=None):
-    (tfjob,) = [r for r in render.render(overlay, "train", parameters) if r["kind"] == "TFJob"]
+    (tfjob,) = [r for r in render.render(overlay, "train-tfjob", parameters) if r["kind"] == "TFJob"]
     return tfjob
 
 
@@ -57,46 +58,20 @@ def test_port_comes_from_the_tfjob_port_and_evaluator_is_left_out():
                     "worker": ["distillery-train-worker-0.ns.svc:3333"]}
 
 
-def _write_tiny_records(path, count, num_classes=4, seed=0):
-    """`count` soft-label records of 24x24 PNG images with made-up teacher logits (2 views, top-2)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from distillery import records, views
-
-    rng = np.random.default_rng(seed)
-    batch = []
-    for index in range(count):
-        image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "PNG")
-        image_id = f"img{seed}-{index}"
-        crops, flips = views.sample_views(image_id, 0, 2, 24, 24)
-        full_logits = rng.normal(size=(2, num_classes)).astype(np.float32)
-        batch.append(records.make_record(image_id, index % num_classes, ["made_up"], crops, flips, full_logits, 2,
-                                         encoded_image=buffer.getvalue()))
-    records.write_records(str(path), batch)
-
-
 @pytest.mark.slow
 def test_tfjob_tf_configs_drive_the_trainers_multi_worker_path(tmp_path):
-    """`distillery-train --strategy=multi_worker` (python -m trainer.train) as the TFJob's chief and worker."""
-    _write_tiny_records(tmp_path / "train-00000-of-00001", 16)
-    _write_tiny_records(tmp_path / "eval-00000-of-00001", 8, seed=1)
-    tfjob = _train_tfjob("small")
+    """`distillery-train --strategy=multi_worker` (python -m trainer.train) as the TFJob's chief and worker, with
+    the container's own arguments: a tiny run comes from the rendered parameters, nothing is appended."""
+    resources = render.render("small", "train-tfjob", cluster_fixtures.tiny_training(tmp_path))
+    (tfjob,) = [r for r in resources if r["kind"] == "TFJob"]
     configs = tf_config.tf_configs(tfjob)
     addresses = configs[0]["cluster"]["chief"] + configs[0]["cluster"]["worker"]
     local = dict(zip(addresses, (f"127.0.0.1:{port}" for port in free_ports(len(addresses)))))
     model_dir = tmp_path / "model"
-    # The container's own args, with the ConfigMap values a pod would expand, shrunk to a tiny run.
     container = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
-    values = {"TRAIN_GLOB": str(tmp_path / "train-*"), "EVAL_GLOB": str(tmp_path / "eval-*"),
-              "STUDENT": "small_cnn", "WIDTH": "0.25", "IMAGE_SIZE": "32", "MODEL_DIR": str(model_dir)}
-    args = [re.sub(r"\$\((\w+)\)", lambda match: values[match.group(1)], arg) for arg in container["args"]]
-    assert "--strategy=multi_worker" in args
-    args += ["--steps=3", "--batch_size=8", "--checkpoint_every=0", "--log_every=1", "--shuffle_buffer=16"]
+    args = job_arguments.expanded_args(container, job_arguments.configmap_data(resources))
+    assert "--strategy=multi_worker" in args and "--steps=3" in args and "--batch_size=8" in args
+    assert not any("$(" in arg for arg in args), args
     processes = []
     for config in configs:
         environment = dict(os.environ, TF_CONFIG=tf_config.to_env(tf_config.localize(config, local)),

@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import logging
 
 from distillery import records
-from trainer import checkpointing, driver, students, task
+from trainer import checkpointing, cluster_resolver, driver, students, task
 from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -50,6 +50,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
+        cluster_resolver.set_tf_config_from_jobset()  # a JobSet pod: TF_CONFIG from its hostnames, when none is given
         if "TF_CONFIG" not in os.environ:
             logging.warning("--strategy=multi_worker without TF_CONFIG: running as a single worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
