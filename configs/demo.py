@@ -7,11 +7,20 @@ Expected (full run, 2 cores; docs/results.md has the measured table and its comm
 on the test set; int8 students: hard-label ~81.5%, distilled ~83.8%, distilled + unlabeled ~84.6%; int8
 within 0.1 point of float; the layerwise-factorized student ~21% faster and ~0.2 points lower. The tiny
 run checks the plumbing, not accuracy.
+
+`recipe(cfg)` is the same chain as a Recipe (configs/recipe.py), the form configs/chain.py turns into the
+stages that demo/run.py and the Kubeflow pipeline (pipelines_kfp/) both run:
+
+    python -c "import configs; print(configs.get_recipe('demo', runlocal=True).students)"
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from configs.recipe import Recipe
 
 # The full demo's factorization: 1/8 of the rank of every 1x1 convolution with >= 128 output channels
 # (conv_pw_6 .. conv_pw_13 of MobileNet V1 0.25 at 32x32). Each split adds an op with a fixed cost, so on
@@ -78,3 +87,48 @@ TINY = DemoConfig(labelled=240, unlabeled=240, test=200, teacher_width=8, teache
 def get_config(runlocal: bool = False) -> DemoConfig:
     """The full demo, or with `runlocal` the tiny one the tests run (a few hundred images, tiny models)."""
     return TINY if runlocal else FULL
+
+
+# The demo's parts, as demo/data.py writes them: the labelled, unlabeled and test TFRecords.
+PARTS = ("labelled", "unlabeled", "test")
+STORE_IMAGE_MAX_SIDE = 64  # the records keep the 32x32 images themselves (PNG), for the views the students replay
+LOG_EVERY = 250
+
+
+def recipe(cfg: DemoConfig, data_dir: str = "data", teacher: str = "teacher.keras") -> Recipe:
+    """The demo's chain as a Recipe: the three parts that demo/data.py writes into `data_dir`
+    (DIR/labelled.tfrecord, ...), the teacher that demo/teacher.py trains (`teacher`), the three students
+    of the seed experiments (hard labels, distilled, distilled + unlabeled, which trains longer) and every
+    job's settings from `cfg`. The default paths are relative to the run's folder; demo/run.py passes its
+    output folder's, the pipeline its artifacts'.
+    """
+    from compress.factorize_job import parse_ranks  # pylint: disable=import-outside-toplevel  (TensorFlow)
+    from configs.recipe import DataPart, Recipe, StudentRun  # pylint: disable=import-outside-toplevel
+
+    parts = tuple(DataPart(name, f"tfrecord:{data_dir}/{name}.tfrecord", views=1 if name == "test" else cfg.views)
+                  for name in PARTS)
+    # Hard labels only (alpha 1): its temperature, the distilled one's, is only recorded, and is the
+    # factorize job's if it turns out the best student.
+    students = (StudentRun("hard", ("labelled",), alpha=1.0, temperature=cfg.distilled_temperature),
+                StudentRun("distilled", ("labelled",), alpha=cfg.alpha, temperature=cfg.distilled_temperature),
+                StudentRun("distilled_unlabeled", ("labelled", "unlabeled"), alpha=cfg.alpha,
+                           temperature=cfg.unlabeled_temperature, train={"steps": cfg.train_steps_unlabeled}))
+    if cfg.factorize_energy is not None:
+        selection = {"energy": cfg.factorize_energy}
+    elif cfg.factorize_ranks is not None:
+        selection = {"ranks": parse_ranks(cfg.factorize_ranks)}
+    else:
+        selection = {"latency_reduction": cfg.factorize_latency_reduction}
+    return Recipe(
+        name="demo", teachers=(teacher,), parts=parts, eval_part="test",
+        students=students,
+        extract={"top_k": cfg.top_k, "min_scale": cfg.min_scale, "seed": cfg.seed,
+                 "store_image_max_side": STORE_IMAGE_MAX_SIDE, "overwrite": True},
+        train={"student": cfg.student, "width": cfg.student_width, "image_size": cfg.image_size,
+               "steps": cfg.train_steps, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+               "seed": cfg.seed, "log_every": LOG_EVERY},
+        factorize=selection,
+        finetune={"mode": "layerwise", "steps": cfg.factorize_steps, "final_steps": cfg.factorize_final_steps,
+                  "batch_size": cfg.batch_size, "learning_rate": cfg.factorize_learning_rate, "alpha": cfg.alpha},
+        quantize={"mode": "int8", "calibration_steps": cfg.calibration_steps},
+        benchmark={"num_threads": 1, "runs": cfg.benchmark_runs, "rounds": cfg.benchmark_rounds, "profile": True})

@@ -39,12 +39,14 @@ class DataPart:
 
 @dataclasses.dataclass(frozen=True)
 class StudentRun:
-    """One student of the recipe: the parts it trains on and its loss."""
+    """One student of the recipe: the parts it trains on, its loss, and the training settings that differ
+    from the recipe's (`train`, e.g. more steps for a student that sees more images)."""
 
     name: str
     parts: tuple[str, ...]     # names of DataParts; their records are concatenated
     alpha: float               # weight of the hard-label term (1.0 = hard labels only)
     temperature: float
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # TrainConfig settings over Recipe.train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +77,14 @@ class Recipe:
                    "finetune": FinetuneConfig, "quantize": QuantizeConfig, "benchmark": BenchmarkConfig}
         for job, config_class in classes.items():
             allowed = {field.name for field in dataclasses.fields(config_class)} - set(decided[job])
-            unknown = sorted(set(getattr(self, job)) - allowed)
-            if unknown:
-                raise RecipeError(f"recipe {self.name}: {job} settings {unknown} are not settings of "
-                                  f"{config_class.__name__} a recipe may set (allowed: {sorted(allowed)})")
+            settings = [(job, getattr(self, job))]
+            if job == "train":
+                settings += [(f"student {student.name}'s train", student.train) for student in self.students]
+            for what, mapping in settings:
+                unknown = sorted(set(mapping) - allowed)
+                if unknown:
+                    raise RecipeError(f"recipe {self.name}: {what} settings {unknown} are not settings of "
+                                      f"{config_class.__name__} a recipe may set (allowed: {sorted(allowed)})")
         names = [part.name for part in self.parts]
         if len(set(names)) != len(names):
             raise RecipeError(f"recipe {self.name}: data part names repeat: {names}")
@@ -91,6 +97,8 @@ class Recipe:
                                   f"(data parts: {names})")
         if not self.teachers:
             raise RecipeError(f"recipe {self.name}: no teacher")
+        if not self.training_parts():
+            raise RecipeError(f"recipe {self.name}: no data part to train on besides eval_part {self.eval_part!r}")
 
     def part(self, name: str) -> DataPart:
         """The data part called `name`."""
@@ -106,6 +114,11 @@ class Recipe:
                 return student
         raise RecipeError(f"recipe {self.name}: no student {name!r}")
 
+    def training_parts(self) -> tuple[str, ...]:
+        """The parts other than the evaluation one, in order: what the factorize job fine-tunes on. The
+        first (the labelled part) also calibrates the int8 conversions."""
+        return tuple(part.name for part in self.parts if part.name != self.eval_part)
+
     def extract_config(self, part_name: str, output: str, dead_letter: str) -> ExtractConfig:
         """The extraction of one data part into `output` (a record prefix)."""
         part = self.part(part_name)
@@ -117,7 +130,7 @@ class Recipe:
         """The training run of one student; `train_pattern` are the records of its parts."""
         student = self.student(student_name)
         return TrainConfig(train_pattern=train_pattern, model_dir=model_dir, eval_pattern=eval_pattern,
-                           alpha=student.alpha, temperature=student.temperature, **self.train)
+                           alpha=student.alpha, temperature=student.temperature, **{**self.train, **student.train})
 
     def factorize_config(self, model_path: str, train_pattern: str, output_path: str, eval_pattern: str | None,
                          temperature: float) -> JobConfig:

@@ -35,10 +35,17 @@ from typing import NamedTuple
 
 from absl import app, flags, logging
 
+from benchmark.job import BenchmarkConfig
+from compress.factorize_job import JobConfig
+from compress.finetune import FinetuneConfig
+from compress.quantize_job import QuantizeConfig
+from configs import chain
 from configs import demo as demo_config
 from demo import data as demo_data
 from demo import goals
 from distillery import cli
+from pipelines.extraction import ExtractConfig
+from trainer.train_config import TrainConfig
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/demo", "Where every stage writes; the report lands here.")
 _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "The tiny recipe the tests run (configs/demo.py) instead of the full one.")
@@ -154,65 +161,46 @@ class Stages:
                 raise
 
 
-class StudentRun(NamedTuple):
-    """How one student trains: its records, the hard-label weight, the distillation temperature, steps."""
-
-    records: str
-    alpha: float
-    temperature: float
-    steps: int
-
-
-def student_runs(cfg: demo_config.DemoConfig, labelled_glob: str, unlabeled_glob: str) -> dict[str, StudentRun]:
-    """The three students of the seed experiments, the longest first (it starts first).
-
-    The hard-label student (alpha 1) has no soft term: its temperature, the distilled one's, is only
-    recorded, and is the factorize job's if it turns out the best student. The student with 3x the
-    images trains longer (7/12 of the passes over its data the others get).
-    """
-    return {"distilled_unlabeled": StudentRun(f"{labelled_glob},{unlabeled_glob}", cfg.alpha,
-                                              cfg.unlabeled_temperature, cfg.train_steps_unlabeled),
-            "hard": StudentRun(labelled_glob, 1.0, cfg.distilled_temperature, cfg.train_steps),
-            "distilled": StudentRun(labelled_glob, cfg.alpha, cfg.distilled_temperature, cfg.train_steps)}
+# The demo's log is a worked example: these flags are always written, in this order, even at their
+# defaults (cli.to_flags `first`); the values are the recipe's (configs/demo.py) via configs/chain.py.
+SHOWN_FLAGS = {
+    ExtractConfig: ("source", "teachers", "output", "dead_letter", "views", "top_k", "min_scale", "seed",
+                    "store_image_max_side", "overwrite"),
+    TrainConfig: ("train_pattern", "eval_pattern", "student", "width", "image_size", "model_dir", "alpha",
+                  "temperature", "steps", "batch_size", "learning_rate", "seed", "log_every"),
+    JobConfig: ("model_path", "train_pattern", "eval_pattern", "output_path", "energy", "rank_ratio",
+                "target_latency_ms", "latency_reduction", "ranks"),
+    FinetuneConfig: ("mode", "steps", "final_steps", "batch_size", "learning_rate", "alpha", "temperature"),
+    QuantizeConfig: ("model", "output", "mode"),
+    BenchmarkConfig: ("eval_pattern", "num_threads", "runs", "rounds", "profile", "report_dir"),
+}
 
 
-def _rank_flag(cfg: demo_config.DemoConfig) -> str:
-    """The factorize job's rank-selection flag of the config (it sets exactly one)."""
-    if cfg.factorize_energy is not None:
-        return f"--energy={cfg.factorize_energy}"
-    if cfg.factorize_ranks is not None:
-        return f"--ranks={cfg.factorize_ranks}"
-    return f"--latency_reduction={cfg.factorize_latency_reduction}"
+def command(stage: chain.Stage, env: Mapping[str, str] | None = None, then: Sequence[Command] = ()) -> Command:
+    """A stage of the chain as the user command the demo runs (and logs)."""
+    return Command(stage.command, chain.arguments(stage, SHOWN_FLAGS), stage.label, env, then)
 
 
 def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_data.FASHION_MNIST_DIR) -> dict:
     """Runs every stage and returns the goals summary (also written into the report)."""
     os.makedirs(output_dir, exist_ok=True)
-    path = lambda *parts: os.path.join(output_dir, *parts)  # noqa: E731
+    paths = chain.ChainPaths(output_dir)
     stages = Stages(total=7)
 
     stages.banner("split Fashion-MNIST into labelled / unlabeled / test TFRecords")
-    splits = demo_data.write_splits(path("data"), cfg.labelled, cfg.unlabeled, cfg.test, idx_dir)
+    splits = demo_data.write_splits(paths.path("data"), cfg.labelled, cfg.unlabeled, cfg.test, idx_dir)
     logging.info("images: %s", splits.counts)
 
     stages.banner("train the teacher CNN on the labelled part")
     from demo import teacher as demo_teacher  # pylint: disable=import-outside-toplevel  (TF start-up only here)
-    images, labels = demo_data.read_images(splits.labelled)
-    teacher = demo_teacher.train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed,
-                                         min_scale=cfg.min_scale, dropout=cfg.teacher_dropout)
-    teacher.save(path("teacher.keras"))
-    logging.info("saved %s", path("teacher.keras"))
+    demo_teacher.train_and_save(cfg, splits.labelled, paths.path("teacher.keras"))
+    recipe = demo_config.recipe(cfg, data_dir=paths.path("data"), teacher=paths.path("teacher.keras"))
 
     stages.banner("extract soft labels with the Beam job")
-    stages.run([Command("distillery-extract", [
-        f"--source=tfrecord:{getattr(splits, part)}", f"--teacher={path('teacher.keras')}",
-        f"--output={path('soft', part)}", f"--dead_letter={path('dead_letters', part + '.jsonl')}",
-        f"--views={views}", f"--top_k={cfg.top_k}", f"--min_scale={cfg.min_scale}", f"--seed={cfg.seed}",
-        "--store_image_max_side=64", "--overwrite"], f"extract {part}")
-        for part, views in (("labelled", cfg.views), ("unlabeled", cfg.views), ("test", 1))])
+    stages.run([command(stage) for stage in chain.extract_stages(recipe, paths)])
     # The test extraction ran the teacher on every test image's centre crop (the view the students are
     # scored on) and counted its top-1 against the labels: no second pass over the test set.
-    test_summary = path("soft", "test.summary.json")
+    test_summary = paths.records_prefix(recipe.eval_part) + ".summary.json"
     with open(test_summary, encoding="utf-8") as handle:
         teacher_top1 = json.load(handle).get("teacher_top1")
     if teacher_top1 is None:
@@ -220,64 +208,41 @@ def run_demo(output_dir: str, cfg: demo_config.DemoConfig, idx_dir: str = demo_d
                            "labelled test view reached the teacher (see the test dead letters)")
     logging.info("teacher top-1 on the test set (centre crop, as the students are evaluated): %.4f", teacher_top1)
 
-    labelled_glob, unlabeled_glob, test_glob = path("soft", "labelled-*"), path("soft", "unlabeled-*"), path("soft", "test-*")
-    models = {name: path("students", name, "student.keras") for name in ("hard", "distilled", "distilled_unlabeled")}
-    models["factorized"] = path("students", "factorized.keras")
-    tflite = {f"{name}_int8": path("tflite", f"{name}_int8.tflite") for name in models}
-
-    def quantize(name: str, mode: str = "int8") -> Command:
-        output = tflite.setdefault(f"{name}_{mode}", path("tflite", f"{name}_{mode}.tflite"))
-        args = [f"--model={models[name]}", f"--output={output}", f"--mode={mode}"]
-        if mode == "int8":
-            args += [f"--calibration={labelled_glob}", f"--calibration_steps={cfg.calibration_steps}"]
-        return Command("distillery-quantize", args, f"quantize {name}" + ("" if mode == "int8" else f" {mode}"),
-                       ONE_THREAD)
-
     stages.banner("train students: hard labels, distilled, distilled + unlabeled (and quantize the shorter runs)")
     # All three run at once, one TensorFlow thread each (ONE_THREAD), so the core the two shorter runs
     # leave is not idle while the longer one finishes: their int8 conversions follow each of them there
     # (`then`). Measured on the full demo (3000 steps for the longer one then): 547-553 s for the three;
     # the longer one on one core and the two shorter ones after each other on the other: 574 s.
-    students = student_runs(cfg, labelled_glob, unlabeled_glob)
-    longest = max(run.steps for run in students.values())
-    converted = {name for name, run in students.items() if run.steps < longest}  # as followers
-    stages.run([Command("distillery-train", [
-        f"--train={run.records}", f"--eval={test_glob}", f"--student={cfg.student}", f"--width={cfg.student_width}",
-        f"--image_size={cfg.image_size}", f"--model_dir={path('students', name)}", f"--alpha={run.alpha}",
-        f"--temperature={run.temperature}", f"--steps={run.steps}", f"--batch_size={cfg.batch_size}",
-        f"--learning_rate={cfg.learning_rate}", f"--seed={cfg.seed}", "--log_every=250"], f"train {name}",
-        ONE_THREAD, then=(quantize(name),) if name in converted else ())
-        for name, run in students.items()], parallel=len(students))
-    summaries = {name: json.load(open(path("students", name, "summary.json"))) for name in students}
-    best = max(students, key=lambda name: goals.top1_of_summary(summaries[name]))
+    trainings = chain.train_stages(recipe, paths)  # the longest first: it starts first
+    longest = max(stage.config.steps for stage in trainings)
+    converted = {name for name, stage in zip(chain.training_order(recipe), trainings) if stage.config.steps < longest}
+    stages.run([command(stage, ONE_THREAD, then=(command(chain.quantize_at(recipe, paths, name), ONE_THREAD),)
+                        if name in converted else ())
+                for name, stage in zip(chain.training_order(recipe), trainings)], parallel=len(trainings))
+    summaries = {name: json.load(open(os.path.join(paths.model_dir(name), "summary.json")))
+                 for name in chain.training_order(recipe)}
+    best = chain.best_student(recipe, {name: goals.top1_of_summary(summary) for name, summary in summaries.items()})
 
     # The factorize job is the long one; the remaining conversions run beside it, one at a time. One
     # TensorFlow thread for the job too: measured alone on this machine, its fine-tuning trains
     # 1,580-1,660 images/s with one thread and 1,410-1,500 with two.
     stages.banner(f"factorize the best student ({best}) layerwise, with distillation fine-tuning "
                   "(and quantize the other students meanwhile)")
-    stages.run([Command("distillery-factorize", [
-        f"--model={models[best]}", f"--train={labelled_glob},{unlabeled_glob}",
-        f"--eval={test_glob}", f"--output={models['factorized']}",
-        _rank_flag(cfg),
-        "--mode=layerwise", f"--steps={cfg.factorize_steps}", f"--final_steps={cfg.factorize_final_steps}",
-        f"--batch_size={cfg.batch_size}", f"--learning_rate={cfg.factorize_learning_rate}", f"--alpha={cfg.alpha}",
-        f"--temperature={students[best].temperature}"], "factorize", ONE_THREAD),
-        *(quantize(name) for name in students if name not in converted), quantize(best, "float32")])
+    stages.run([command(chain.factorize_at(recipe, paths, best), ONE_THREAD),
+                *(command(chain.quantize_at(recipe, paths, name), ONE_THREAD)
+                  for name in chain.training_order(recipe) if name not in converted),
+                command(chain.quantize_at(recipe, paths, best, chain.REFERENCE_MODE), ONE_THREAD)])
 
     stages.banner("quantize the factorized student to int8")
-    stages.run([quantize("factorized")])
+    stages.run([command(chain.quantize_at(recipe, paths, chain.FACTORIZED), ONE_THREAD)])
 
     stages.banner("benchmark every model on the test set: top-1, latency, per-op profile, LPIRC score")
-    stages.run([Command("distillery-benchmark", [
-        *tflite.values(), f"--eval={test_glob}", "--num_threads=1", f"--runs={cfg.benchmark_runs}",
-        f"--rounds={cfg.benchmark_rounds}", "--profile",
-        f"--report_dir={output_dir}"], "benchmark")])
+    stages.run([command(chain.benchmark_at(recipe, paths, best))])
 
-    summary = goals.check(path("report.json"), best=best, teacher_top1=teacher_top1, images=splits.counts,
+    summary = goals.check(paths.path("report.json"), best=best, teacher_top1=teacher_top1, images=splits.counts,
                           stage_seconds=stages.seconds)
     goals.append_to_report(output_dir, summary)
-    logging.info("demo finished in %.0f s: %s", time.perf_counter() - stages.start, path("report.md"))
+    logging.info("demo finished in %.0f s: %s", time.perf_counter() - stages.start, paths.path("report.md"))
     return summary
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from configs.demo import DemoConfig
 from distillery import views
 
 
@@ -95,3 +96,16 @@ def train_teacher(images: np.ndarray, labels: np.ndarray, epochs: int, width: in
         model.fit(epochs_data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
                   callbacks=[_Throughput()])
     return model
+
+
+def train_and_save(cfg: DemoConfig, labelled: str, output: str) -> keras.Model:
+    """The demo's teacher step: trains the teacher on the labelled TFRecord `labelled` (demo/data.py) with the
+    settings of `cfg` and saves it to `output` (.keras); demo/run.py and the pipeline's teacher step both run it."""
+    from demo import data  # pylint: disable=import-outside-toplevel  (demo.data imports the image sources)
+
+    images, labels = data.read_images(labelled)
+    teacher = train_teacher(images, labels, cfg.teacher_epochs, cfg.teacher_width, seed=cfg.seed,
+                            min_scale=cfg.min_scale, dropout=cfg.teacher_dropout)
+    teacher.save(output)
+    logging.info("saved %s", output)
+    return teacher

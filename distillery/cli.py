@@ -125,13 +125,26 @@ def from_flags(config_class: type, *, flag_values: flags.FlagValues = flags.FLAG
     return config_class(**values)
 
 
-def to_flags(config: Any) -> list[str]:
+def to_flags(config: Any, first: Sequence[str] = (), skip: Sequence[str] = ()) -> list[str]:
     """`--flag=value` for every `option` field of `config` whose value is not the field's default: the
-    command line that `from_flags` turns back into `config` (fields that are not flags are left out)."""
+    command line that `from_flags` turns back into `config` (fields that are not flags are left out).
+
+    The fields named in `first` come first, in that order, and are written even at their default (not when
+    None): a command line meant to be read, such as the demo's log, shows those settings. Fields in `skip` are
+    left out (a value another flag already gives).
+    """
+    fields = {field.name: field for field in flag_fields(type(config))}
+    unknown = sorted(set(first) - set(fields))
+    if unknown:
+        raise ValueError(f"{type(config).__name__}: no flag fields {unknown}")
     argv = []
-    for field in flag_fields(type(config)):
+    ordered = [fields[name] for name in first] + [field for name, field in fields.items() if name not in first]
+    for field in ordered:
+        if field.name in skip:
+            continue
         value = getattr(config, field.name)
-        if field.default is not dataclasses.MISSING and value == field.default:
+        shown = field.name in first and value is not None
+        if not shown and field.default is not dataclasses.MISSING and value == field.default:
             continue
         name = flag_name(field)
         if field.metadata[_PARSE] is not None:

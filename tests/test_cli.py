@@ -139,3 +139,11 @@ def test_to_flags_is_the_command_line_that_builds_the_config_back():
 def test_to_flags_refuses_a_parsed_field_it_cannot_spell():
     with pytest.raises(ValueError, match="--size"):
         cli.to_flags(_Example(path="/d", size=(2, 3)))
+
+
+def test_to_flags_writes_the_first_fields_in_their_order_even_at_their_defaults():
+    config = _Example(path="/d", steps=3, names=("a",))
+    assert cli.to_flags(config, first=("rate", "path", "limit")) == ["--rate=0.5", "--input=/d", "--steps=3", "--name=a"]
+    assert cli.to_flags(config, skip=("path",)) == ["--steps=3", "--name=a"]
+    with pytest.raises(ValueError, match="internal"):
+        cli.to_flags(config, first=("internal",))

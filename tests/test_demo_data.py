@@ -154,28 +154,37 @@ def test_teacher_architecture_by_hand():
 
 
 def test_rank_flag_follows_the_one_selection_the_config_sets():
+    from configs import chain  # pylint: disable=import-outside-toplevel
     from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
     from demo import run as demo_run  # pylint: disable=import-outside-toplevel
 
-    assert demo_run._rank_flag(demo_config.FULL) == f"--ranks={demo_config.FULL_STUDENT_RANKS}"  # pylint: disable=protected-access
-    assert demo_run._rank_flag(demo_config.TINY) == "--ranks=conv_pw_12:16,conv_pw_13:32"  # pylint: disable=protected-access
-    energy = demo_config.DemoConfig(factorize_ranks=None, factorize_energy=0.9)
-    assert demo_run._rank_flag(energy) == "--energy=0.9"  # pylint: disable=protected-access
+    def rank_flags(cfg):
+        stage = chain.factorize_at(demo_config.recipe(cfg), chain.ChainPaths("/o"), "distilled")
+        return [arg for arg in demo_run.command(stage).args
+                if arg.split("=")[0] in ("--ranks", "--energy", "--latency_reduction", "--rank_ratio")]
+
+    assert rank_flags(demo_config.FULL) == [f"--ranks={demo_config.FULL_STUDENT_RANKS}"]
+    assert rank_flags(demo_config.TINY) == ["--ranks=conv_pw_12:16,conv_pw_13:32"]
+    assert rank_flags(demo_config.DemoConfig(factorize_ranks=None, factorize_energy=0.9)) == ["--energy=0.9"]
     budget = demo_config.DemoConfig(factorize_ranks=None, factorize_latency_reduction=0.25)
-    assert demo_run._rank_flag(budget) == "--latency_reduction=0.25"  # pylint: disable=protected-access
+    assert rank_flags(budget) == ["--latency_reduction=0.25"]
 
 
 def test_student_runs_give_each_student_its_records_alpha_temperature_and_steps():
+    from configs import chain  # pylint: disable=import-outside-toplevel
     from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
-    from demo import run as demo_run  # pylint: disable=import-outside-toplevel
+
+    def runs(cfg):
+        return {stage.label.split()[1]: (stage.config.train_pattern, stage.config.alpha, stage.config.temperature,
+                                         stage.config.steps)
+                for stage in chain.train_stages(demo_config.recipe(cfg), chain.ChainPaths("o"))}
 
     cfg = demo_config.DemoConfig(alpha=0.3, distilled_temperature=5.0, unlabeled_temperature=2.0, train_steps=7,
                                  train_steps_unlabeled=11)
-    runs = demo_run.student_runs(cfg, "L-*", "U-*")
-    assert runs == {"distilled_unlabeled": demo_run.StudentRun("L-*,U-*", 0.3, 2.0, 11),
-                    "hard": demo_run.StudentRun("L-*", 1.0, 5.0, 7),
-                    "distilled": demo_run.StudentRun("L-*", 0.3, 5.0, 7)}
+    assert runs(cfg) == {"distilled_unlabeled": ("o/soft/labelled-*,o/soft/unlabeled-*", 0.3, 2.0, 11),
+                         "hard": ("o/soft/labelled-*", 1.0, 5.0, 7), "distilled": ("o/soft/labelled-*", 0.3, 5.0, 7)}
+    assert list(runs(cfg)) == ["distilled_unlabeled", "hard", "distilled"]  # the longest starts first
     # The full preset: the temperatures chosen on the validation split, the longer run for 3x the images.
-    full = demo_run.student_runs(demo_config.FULL, "L-*", "U-*")
-    assert (full["distilled"].temperature, full["distilled_unlabeled"].temperature) == (6.0, 4.0)
-    assert (full["hard"].steps, full["distilled"].steps, full["distilled_unlabeled"].steps) == (2000, 2000, 3500)
+    full = runs(demo_config.FULL)
+    assert (full["distilled"][2], full["distilled_unlabeled"][2]) == (6.0, 4.0)
+    assert (full["hard"][3], full["distilled"][3], full["distilled_unlabeled"][3]) == (2000, 2000, 3500)
