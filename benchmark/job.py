@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 
 from benchmark import accuracy, accuracy_pipeline, report
-from distillery import latency, op_profile, records, tflite_model
+from distillery import atomic_files, latency, op_profile, records, tflite_model
 from distillery.cli import option
 
 
@@ -54,11 +53,15 @@ def check_inputs(config: BenchmarkConfig, paths: Sequence[str]) -> dict[str, tfl
 
 
 def run(config: BenchmarkConfig, paths: Sequence[str], beam_args: Sequence[str] = ()) -> dict[str, str]:
-    """Benchmarks the .tflite models at `paths`; returns {what: path} of the report files written."""
+    """Benchmarks the .tflite models at `paths`; returns {what: path} of the report files written.
+
+    Raises:
+      atomic_files.OutputFolderError: --report_dir cannot be written (checked first, before any timing).
+      tflite_model.ModelFileError, records.RecordError, FileNotFoundError: see check_inputs.
+    """
+    atomic_files.check_writable(config.report_dir, "--report_dir")
     classifiers = check_inputs(config, paths)
     entries, profiles, timings = [], {}, {}
-    if config.eval_runner == "beam" and "://" not in config.report_dir:
-        os.makedirs(config.report_dir, exist_ok=True)
     contents = {path: tflite_model.read_tflite(path) for path in classifiers}
     samples: dict[str, list[float]] = {path: [] for path in classifiers}
     counts_by_path = {path: None for path in classifiers}

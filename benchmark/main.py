@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 
 from benchmark import job
-from distillery import cli, records, tflite_model
+from distillery import atomic_files, cli, records, tflite_model
 from pipelines import beam_options
 
 cli.define_flags(job.BenchmarkConfig)
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give at least one MODEL.tflite")
     try:
         written = job.run(cli.from_flags(job.BenchmarkConfig), paths, beam_args)
-    except (tflite_model.ModelFileError, records.RecordError, FileNotFoundError) as error:
+    except (tflite_model.ModelFileError, records.RecordError, FileNotFoundError, atomic_files.OutputFolderError) as error:
         print(f"distillery-benchmark: error: {error}", file=sys.stderr)
         sys.exit(2)
     for what, path in written.items():

@@ -5,17 +5,19 @@ report.json is `{"models": [entry, ...]}` with one entry per model (docs/design.
 profiled, with `per_op` rows), `top1` / `top5` (when labels exist), `teacher_agreement`, `images`
 (T), `runtime_ms` (summed invoke time of the T images) and `lpirc_score` (when evaluated).
 report.md holds the table of the seed team's write-up (model, size, top-1, latency, score) and the
-per-op tables; `accuracy_vs_latency.png` plots every model, `per_op_<model>.png` its top ops.
+per-op tables; `accuracy_vs_latency.png` plots every model, `per_op_<model>.png` its top ops. Every
+file is written under a temporary name and renamed into place once all are written, report.json last
+(distillery/atomic_files.py): a failure half-way leaves the last report as it was.
 
     python -c "from benchmark import report; print(report.markdown([]))"
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 
 import matplotlib
@@ -25,8 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmark import accuracy as accuracy_module  # noqa: E402
 from benchmark import score  # noqa: E402
+from distillery import atomic_files, op_profile  # noqa: E402
 from distillery import latency as latency_module  # noqa: E402
-from distillery import op_profile  # noqa: E402
 
 TOP_OPS_PLOTTED = 20
 
@@ -84,11 +86,16 @@ def safe_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(model))[0])
 
 
-def plot_accuracy_vs_latency(entries: Sequence[dict], path: str) -> bool:
-    """Scatter of accuracy (top-1, else teacher agreement) against median latency; False if no accuracy."""
+def accuracy_points(entries: Sequence[dict]) -> list[tuple[float, float, str]]:
+    """(median latency, accuracy: top-1, else teacher agreement, model) of the entries that have an accuracy."""
     points = [(entry["latency_ms"]["median"], entry.get("top1", entry.get("teacher_agreement")), entry["model"])
               for entry in entries]
-    points = [point for point in points if point[1] is not None]
+    return [point for point in points if point[1] is not None]
+
+
+def plot_accuracy_vs_latency(entries: Sequence[dict], path: str) -> bool:
+    """Scatter of accuracy (top-1, else teacher agreement) against median latency; False if no accuracy."""
+    points = accuracy_points(entries)
     if not points:
         return False
     figure, axes = plt.subplots(figsize=(6, 4))
@@ -124,31 +131,27 @@ def write_report(entries: Sequence[dict], report_dir: str,
                  profiles: dict[str, op_profile.OpProfile] | None = None) -> dict[str, str]:
     """Writes report.json, report.md and the PNGs into `report_dir` (local or gs://); returns {what: path}.
 
-    matplotlib and open() write local files only: a gs:// report is written to a temporary folder and
-    copied with tf.io.gfile (a k8s benchmark Job's pod is gone once it exits).
+    matplotlib and open() write local files only: for a gs:// report each file is written locally, then
+    copied there with tf.io.gfile (a k8s benchmark Job's pod is gone once it exits) under its temporary
+    name and renamed.
     """
-    if "://" in report_dir:
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    report_dir = report_dir.rstrip("/") or report_dir
+    atomic_files.check_writable(report_dir, "--report_dir")
+    written = {"json": f"{report_dir}/report.json", "markdown": f"{report_dir}/report.md"}
+    with contextlib.ExitStack() as stack:  # exits in reverse: report.json, staged first, is renamed last
+        def staged(path: str) -> str:
+            return stack.enter_context(atomic_files.staged(path, local_writer=True))
 
-        with tempfile.TemporaryDirectory() as local_dir:
-            local = write_report(entries, local_dir, profiles)
-            tf.io.gfile.makedirs(report_dir)
-            written = {}
-            for what, path in local.items():
-                written[what] = f"{report_dir.rstrip('/')}/{os.path.basename(path)}"
-                tf.io.gfile.copy(path, written[what], overwrite=True)
-            return written
-    os.makedirs(report_dir, exist_ok=True)
-    written = {"json": os.path.join(report_dir, "report.json"), "markdown": os.path.join(report_dir, "report.md")}
-    with open(written["json"], "w", encoding="utf-8") as handle:
-        json.dump({"models": list(entries)}, handle, indent=2)
-    with open(written["markdown"], "w", encoding="utf-8") as handle:
-        handle.write(markdown(entries, profiles))
-    scatter = os.path.join(report_dir, "accuracy_vs_latency.png")
-    if plot_accuracy_vs_latency(entries, scatter):
-        written["accuracy_vs_latency"] = scatter
-    for model, profile in (profiles or {}).items():
-        path = os.path.join(report_dir, f"per_op_{safe_name(model)}.png")
-        plot_per_op(profile, os.path.basename(model), path)
-        written[f"per_op:{model}"] = path
+        with open(staged(written["json"]), "w", encoding="utf-8") as handle:
+            json.dump({"models": list(entries)}, handle, indent=2)
+        with open(staged(written["markdown"]), "w", encoding="utf-8") as handle:
+            handle.write(markdown(entries, profiles))
+        scatter = f"{report_dir}/accuracy_vs_latency.png"
+        if accuracy_points(entries):
+            plot_accuracy_vs_latency(entries, staged(scatter))
+            written["accuracy_vs_latency"] = scatter
+        for model, profile in (profiles or {}).items():
+            path = f"{report_dir}/per_op_{safe_name(model)}.png"
+            plot_per_op(profile, os.path.basename(model), staged(path))
+            written[f"per_op:{model}"] = path
     return written

@@ -11,8 +11,9 @@ known to be usable):
 3. factorize and fine-tune, `--mode=layerwise` (the LPIRC 2018 seed procedure) or `oneshot`;
 4. top-1 on `--eval` before, right after factorization, and after fine-tuning (Keras float32 model, centre
    crop: `trainer.task.evaluate`);
-5. write `--output` (.keras; the input model is never overwritten: same path refused, written via a temp
-   file) and `OUTPUT.report.json`; print the per-layer table.
+5. write `--output` (.keras; the input model is never overwritten: same path refused) and
+   `OUTPUT.report.json`, each under a temporary name in the output folder, renamed into place together
+   (distillery/atomic_files.py; an unwritable folder is refused with the flags); print the per-layer table.
 
     distillery-factorize --model=runs/demo/student/student.keras --train='runs/demo/records/train-*' \
         --eval='runs/demo/records/eval-*' --output=runs/demo/factorized.keras --energy=0.9 --mode=oneshot
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from compress import factorize, finetune, rank_selection
-from distillery import records
+from distillery import atomic_files, records
 from distillery.cli import option
 
 DEFAULT_ENERGY = 0.9
@@ -135,6 +135,10 @@ def validate(config: JobConfig) -> None:
     try:
         (config.tuning or finetune.FinetuneConfig(config.train_pattern)).check()
     except ValueError as error:
+        raise JobError(str(error)) from None
+    try:
+        atomic_files.check_writable(os.path.dirname(config.output_path), "--output", config.output_path)
+    except atomic_files.OutputFolderError as error:
         raise JobError(str(error)) from None
 
 
@@ -291,15 +295,16 @@ def select_ranks(model: keras.Model, layers: list[factorize.FactorizableLayer], 
                        "selection_rounds": rounds}, StudentInt8(content, calibration)
 
 
-def save_model(model: keras.Model, path: str) -> None:
-    """Writes the .keras file through a temporary file, so a failure leaves nothing half-written."""
-    directory = os.path.dirname(path)
-    if directory and "://" not in path:
-        os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="distillery_factorize_") as scratch:
-        local = os.path.join(scratch, "model.keras")
-        model.save(local)
-        tf.io.gfile.copy(local, path, overwrite=True)
+def save_outputs(model: keras.Model, path: str, report: dict) -> None:
+    """Writes the .keras file and PATH.report.json, each under a temporary name in their folder, renamed into
+    place once both are written (the report last), so a failure leaves the previous pair as it was.
+
+    Keras writes the model locally; a gs:// one is then copied there (tf.io.gfile) and renamed.
+    """
+    with atomic_files.staged_file(path + ".report.json") as report_file, \
+            atomic_files.staged(path, local_writer=True) as model_path:
+        model.save(model_path)
+        report_file.write(json.dumps(report, indent=2) + "\n")
 
 
 def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
@@ -347,7 +352,6 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
             content, student_int8.content, runs=10 * config.profile_runs) * latency["model_ms"]
         log(f"factorized int8 model: {latency['measured_factorized_ms']:.3f} ms measured "
             f"(estimate {selection.estimated_ms:.3f} ms, budget {latency['target_latency_ms']:g} ms)")
-    save_model(tuned, config.output_path)
     report = {
         "model": config.model_path, "output": config.output_path, "mode": tuning.mode,
         "selection": {key: value for key, value in method.items() if key != "layer_ms"},
@@ -362,8 +366,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
                      "seconds": round(finetune_seconds, 1), "phases": phases},
         "latency": latency,
     }
-    with tf.io.gfile.GFile(config.output_path + ".report.json", "w") as handle:
-        handle.write(json.dumps(report, indent=2) + "\n")
+    save_outputs(tuned, config.output_path, report)
     return report
 
 

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from distillery import record_pixels, records, saved_model_check
+from distillery import atomic_files, record_pixels, records, saved_model_check
 
 MODES = ("float32", "float16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8")
@@ -208,16 +208,21 @@ def quantize_file(model_path: str, output_path: str, mode: str, calibration: str
                   log: Callable[[str], None] = print, trust_saved_model: bool = False) -> int:
     """The whole `distillery-quantize` job: load, (calibrate), convert, write. Returns the size in bytes.
 
+    The .tflite file is written under a temporary name in its folder and renamed into place
+    (distillery/atomic_files.py), so a failure never leaves a truncated model where the last one was.
+
     Raises:
-      QuantizeError: naming the flag or file at fault, before the conversion starts.
+      QuantizeError: naming the flag or file at fault (an unwritable --output folder too), before the
+        conversion starts.
     """
     if mode not in MODES:
         raise QuantizeError(f"--mode must be one of {MODES}, got {mode!r}")
     if mode == "int8" and not calibration:
         raise QuantizeError("--mode=int8 needs --calibration=GLOB (soft-label records)")
-    output_dir = os.path.dirname(output_path)
-    if output_dir and "://" not in output_path:
-        os.makedirs(output_dir, exist_ok=True)
+    try:
+        atomic_files.check_writable(os.path.dirname(output_path), "--output", output_path)
+    except atomic_files.OutputFolderError as error:
+        raise QuantizeError(str(error)) from None
     model = load_model(model_path, trust_saved_model)
     height, width, channels = input_shape_of(model)
     calibration_batch = None
@@ -230,7 +235,7 @@ def quantize_file(model_path: str, output_path: str, mode: str, calibration: str
     if is_mixed_precision(model):
         log("mixed-precision model: rebuilt in float32 before conversion")
     flatbuffer = convert(model, mode, calibration_batch, io_type)
-    with tf.io.gfile.GFile(output_path, "wb") as handle:
+    with atomic_files.staged_file(output_path, "wb") as handle:
         handle.write(flatbuffer)
     log(f"wrote {output_path}: {mode}, {len(flatbuffer)} bytes, input [1, {height}, {width}, {channels}]")
     return len(flatbuffer)

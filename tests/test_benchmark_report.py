@@ -135,5 +135,13 @@ def test_benchmark_command_end_to_end(tmp_path):
     corrupt.write_bytes(open(paths[1], "rb").read()[:200])
     result = _run(["benchmark.main", paths[0], str(corrupt), f"--report_dir={tmp_path / 'r2'}"])
     assert result.returncode == 2
-    assert f"{corrupt}: corrupt TFLite flatbuffer" in result.stderr or f"{corrupt}:" in result.stderr
+    assert f"distillery-benchmark: error: {corrupt}: corrupt TFLite flatbuffer (" in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "r2" / "report.json")
+    # An unwritable --report_dir stops the run before any timing, naming the flag and the reason.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _run(["benchmark.main", paths[0], f"--report_dir={blocker}/report"])
+    assert result.returncode == 2
+    assert (f"distillery-benchmark: error: --report_dir={blocker}/report: cannot write to {blocker}/report: "
+            "Not a directory") in result.stderr, result.stderr[-2000:]
+    assert "latency min" not in result.stdout
