@@ -11,6 +11,9 @@ otherwise be silently dropped by the API server.
 
     python -m cluster.validate --crd_dir=DIR   # every overlay, every object; DIR holds the CRD YAML files
 
+It then checks each overlay with cluster/lockdown.py (no API tokens, read-only root filesystems, network
+policies, RBAC).
+
 The CRDs are the operators' own files (Kubeflow training operator, Flink Kubernetes Operator, JobSet);
 docs/cluster.md says where to get them.
 """
@@ -26,7 +29,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cluster import render
+from cluster import lockdown, render
 
 KUBERNETES_VERSION = "1.33"
 CUSTOM_KINDS = {
@@ -137,8 +140,13 @@ def validate_all(resources: Sequence[Mapping[str, Any]], crd_dir: pathlib.Path) 
 def main(argv: Sequence[str]) -> None:
     del argv
     for overlay in ("base",) + render.OVERLAYS:
-        for line in validate_all(render.render_overlay(overlay), pathlib.Path(_CRD_DIR.value)):
+        resources = render.render_overlay(overlay)
+        for line in validate_all(resources, pathlib.Path(_CRD_DIR.value)):
             print(f"{overlay}: {line}")
+        problems = lockdown.problems(resources)
+        if problems:
+            raise ManifestInvalid(f"{overlay}: not locked down: " + "; ".join(problems))
+        print(f"{overlay}: locked down (cluster/lockdown.py): tokens, read-only roots, network policies, RBAC")
 
 
 if __name__ == "__main__":

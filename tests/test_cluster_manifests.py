@@ -56,7 +56,11 @@ def test_overlays_have_the_expected_objects(rendered):
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in resources)
     assert kinds == sorted([
         ("ServiceAccount", "distillery"), ("ConfigMap", "distillery-params"),
-        ("JobSet", "distillery-train"), ("TFJob", "distillery-train"), ("FlinkDeployment", "distillery-flink"),
+        ("ServiceAccount", "distillery-launcher"), ("Role", "distillery-launcher"),
+        ("RoleBinding", "distillery-launcher"), ("NetworkPolicy", "distillery-default-deny-ingress"),
+        ("NetworkPolicy", "distillery-beam-job-server"), ("NetworkPolicy", "distillery-flink"),
+        ("NetworkPolicy", "distillery-train"), ("JobSet", "distillery-train"), ("TFJob", "distillery-train"),
+        ("FlinkDeployment", "distillery-flink"),
         ("Deployment", "distillery-beam-job-server"), ("Service", "distillery-beam-job-server"),
         ("Job", "distillery-extract"), ("Job", "distillery-extract-eval"), ("Job", "distillery-factorize"),
         ("Job", "distillery-quantize"), ("Job", "distillery-benchmark")])
@@ -65,7 +69,7 @@ def test_overlays_have_the_expected_objects(rendered):
 def test_core_kinds_validate_strictly(rendered):
     _, resources = rendered
     core = [r for r in resources if (r["apiVersion"], r["kind"]) not in validate.CUSTOM_KINDS]
-    assert len(core) == 9
+    assert len(core) == 16
     for resource in core:
         validate.validate_core(resource)
 
@@ -141,7 +145,7 @@ def test_security_resources_and_no_secrets(rendered):
     text = yaml.safe_dump_all(resources)
     assert "kind: Secret" not in text and "secretKeyRef" not in text and "secretName" not in text
     assert "PRIVATE KEY" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
-    (account,) = [r for r in resources if r["kind"] == "ServiceAccount"]
+    account = next(r for r in resources if r["kind"] == "ServiceAccount" and r["metadata"]["name"] == "distillery")
     assert account["metadata"]["annotations"][render.WORKLOAD_IDENTITY_ANNOTATION].endswith(
         ".iam.gserviceaccount.com")
     specs = [(resource["metadata"]["name"], where, spec) for resource in resources
