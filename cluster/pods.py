@@ -41,7 +41,8 @@ def merge_by_name(base: Any, override: Any) -> Any:
 
 
 def pod_templates(resource: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, pod template {metadata, spec}) of every pod template written in a manifest, as written."""
+    """(where, pod template {metadata, spec}) of every kind of pod a manifest starts: the template itself
+    (edits reach the manifest), or for a FlinkDeployment a merged copy per role."""
     kind, spec = resource.get("kind"), resource.get("spec", {})
     if kind in ("Job", "Deployment"):
         yield kind, spec["template"]

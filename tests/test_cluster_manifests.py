@@ -210,6 +210,8 @@ def test_jobset_is_multi_worker_gpu_training_that_resumes(rendered):
     gpus = {"base": "1", "small": "1", "large": "4"}[overlay]
     for job in replicated.values():
         assert job["template"]["spec"]["backoffLimit"] == 0
+        rules = job["template"]["spec"]["podFailurePolicy"]["rules"]  # a checkpointed exit (42) is no failure
+        assert {"containerName": "trainer", "operator": "In", "values": [42]} in [r.get("onExitCodes") for r in rules]
         assert job["template"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
         container = jobset_tf_config.trainer_container(job)
         assert container["image"] == "REGISTRY/distillery:0.1.0-gpu"
