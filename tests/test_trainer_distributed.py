@@ -46,10 +46,43 @@ def record_glob(tmp_path_factory):
                                        num_views=2, top_k=3, unlabeled_every=5)
 
 
+@pytest.fixture(scope="module")
+def uneven_eval_glob(tmp_path_factory):
+    """3 files of 5 records: two input pipelines shard them by file, 10 records to one and 5 to the other."""
+    directory = str(tmp_path_factory.mktemp("eval"))
+    return fixtures.write_tiny_records(directory, fixtures.tiny_teacher_model(), num_files=3, per_file=5,
+                                       num_views=1, prefix="eval", first_index=300, unlabeled_every=4)
+
+
+def _independent_top1(model_path, pattern):
+    """(top-1, labelled images) of a saved student on the records' centre crops, outside the trainer."""
+    import keras
+
+    from distillery import record_pixels, records
+
+    model = keras.saving.load_model(model_path)
+    labelled = [record for record in records.read_records(pattern) if record.label >= 0]
+    images = np.stack([record_pixels.eval_view(record, int(model.inputs[0].shape[1])) for record in labelled])
+    predicted = np.argmax(model.predict(images, verbose=0), axis=1)
+    return float(np.mean(predicted == [record.label for record in labelled])), len(labelled)
+
+
+def _eval_scalars(log_dir):
+    import tensorflow as tf
+
+    scalars = {}
+    for name in sorted(os.listdir(log_dir)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return scalars
+
+
 @pytest.mark.slow
-def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, tmp_path):
-    request = {"mode": "mirrored", "config": _config(record_glob, str(tmp_path / "run")),
-               "weights_out": str(tmp_path / "weights.npz")}
+def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, uneven_eval_glob, tmp_path):
+    config = _config(record_glob, str(tmp_path / "run"), eval_pattern=uneven_eval_glob, eval_every=3, eval_batch_size=4)
+    request = {"mode": "mirrored", "config": config, "weights_out": str(tmp_path / "weights.npz"),
+               "initial_out": str(tmp_path / "initial.npz")}
     result = subprocess.run([sys.executable, HELPER, json.dumps(request)], env=_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -60,19 +93,32 @@ def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, tmp
     summaries = [json.load(open(tmp_path / f"run-{name}" / "summary.json")) for name in ("one", "two")]
     assert [s["replicas"] for s in summaries] == [1, 2]
     assert summaries[0]["steps"] == summaries[1]["steps"] == 6
-    # and training did move the weights (same seed, so both started from the same initialization)
-    assert any(np.abs(w).sum() > 0 for w in one)
+    # Both runs started from the same initialization (same seed), and training moved every weight from it.
+    initial = _weights(request["initial_out"])
+    first_start, second_start = initial[: len(initial) // 2], initial[len(initial) // 2:]
+    for first, second in zip(first_start, second_start):
+        np.testing.assert_array_equal(first, second)
+    assert len(first_start) == len(one)
+    for start, trained in zip(first_start, one):
+        assert np.abs(trained - start).max() > 1e-6
+    # Evaluation during training on both replicas counts what one replica counts, at the same steps.
+    assert summaries[0]["eval_images"] == summaries[1]["eval_images"] == 11  # 15 records, 4 unlabelled
+    assert summaries[0]["top1"] == summaries[1]["top1"]
+    scalars = [_eval_scalars(tmp_path / f"run-{name}" / "logs" / "eval") for name in ("one", "two")]
+    assert [step for step, _ in scalars[0]["eval/top1"]] == [3, 6]
+    assert scalars[0]["eval/top1"] == scalars[1]["eval/top1"] and scalars[0]["eval/top5"] == scalars[1]["eval/top5"]
 
 
 @pytest.mark.slow
-def test_two_worker_processes_finish_with_identical_weights(record_glob, tmp_path):
+def test_two_worker_processes_finish_with_identical_weights(record_glob, uneven_eval_glob, tmp_path):
     ports = fixtures.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     model_dir = str(tmp_path / "run")
     processes = []
     for index in range(2):
         request = {"mode": "multi_worker", "config": _config(record_glob, model_dir, checkpoint_every=3,
-                                                              eval_pattern=record_glob),
+                                                              eval_pattern=uneven_eval_glob, eval_every=3,
+                                                              eval_batch_size=4),
                    "weights_out": str(tmp_path / f"weights-{index}.npz")}
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen([sys.executable, HELPER, json.dumps(request)], env=_env(TF_CONFIG=tf_config),
@@ -91,7 +137,13 @@ def test_two_worker_processes_finish_with_identical_weights(record_glob, tmp_pat
     # The chief wrote the outputs and checkpoints; the worker's temporary directory is gone.
     summary = json.load(open(os.path.join(model_dir, "summary.json")))
     assert summary["replicas"] == 2 and summary["steps"] == 6 and summary["strategy"] == "MultiWorkerMirroredStrategy"
-    assert summary["eval_images"] == 12  # 16 records, 4 of them unlabeled (every 5th index)
+    # Each worker evaluated its shard (10 records on one, 5 on the other) and the counts were summed.
+    assert summary["eval_images"] == 11  # 15 records, 4 of them unlabelled (every 4th index)
+    top1, labelled = _independent_top1(os.path.join(model_dir, "student.keras"), uneven_eval_glob)
+    assert summary["top1"] == pytest.approx(top1) and labelled == 11
+    assert [step for step, _ in _eval_scalars(os.path.join(model_dir, "logs", "eval"))["eval/top1"]] == [3, 6]
+    best = json.load(open(os.path.join(model_dir, "best", "best.json")))
+    assert best["step"] in (3, 6) and best["eval_images"] == 11
     assert os.path.exists(os.path.join(model_dir, "student.keras"))
     assert sorted(name for name in os.listdir(os.path.join(model_dir, "checkpoints")) if name.endswith(".index")) == [
         "ckpt-3.index", "ckpt-6.index"]

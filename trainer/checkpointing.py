@@ -91,9 +91,13 @@ class CheckpointKeeper(driver.Hook):
         self.preemption_handler = None
         self._strategy = strategy
 
-    def restore(self) -> int:
-        """Restores the latest checkpoint of the chief's directory, if any; returns the restored step."""
-        latest = tf.train.latest_checkpoint(self.read_dir)
+    def restore(self, from_checkpoint: bool = True) -> int:
+        """Restores the latest checkpoint of the chief's directory, if any; returns the restored step.
+
+        `from_checkpoint` False (a run started over with --overwrite) restores nothing, so that no worker
+        reads the checkpoints the chief is removing.
+        """
+        latest = tf.train.latest_checkpoint(self.read_dir) if from_checkpoint else None
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("restored %s: resuming at step %d", latest, int(self.step.numpy()))

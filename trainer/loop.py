@@ -5,16 +5,20 @@ so a run is a task and the one loop: `trainer.task.DistillationTask` builds the 
 inputs and the per-replica train step (strategy.run in a tf.function; losses summed and divided by the
 *global* batch, so N replicas take the same step as one replica with the whole batch, tested with two
 logical CPU devices) and the final evaluation; `trainer.driver.run_steps` steps it, logs, writes
-TensorBoard scalars and runs the hooks (checkpointing is one, trainer/checkpointing.py). This module checks
-the inputs first, resumes from the latest checkpoint, and writes the outputs.
+TensorBoard scalars and runs the hooks (checkpointing is one, trainer/checkpointing.py; evaluation every
+--eval_every steps another, trainer/eval_hook.py). This module checks the inputs and that --model_dir can be
+written first, resumes from the latest checkpoint only when the run's settings match (trainer/resume.py;
+--overwrite starts over), and writes the outputs, each under a temporary name renamed into place
+(trainer/export.py, distillery/atomic_files.py).
 
 Offline mode reads the teacher distribution of the replayed view from the records; online mode
 (`teacher=SPEC`, the baseline offline mode is measured against) runs the teacher inside the step on
 the same view, cropped at the teacher's input size. Only the student's variables are trained.
 
-Outputs in `model_dir`: `student.keras`, `saved_model/`, `summary.json`, TensorBoard scalars under
-`logs/`, checkpoints under `checkpoints/` (see trainer/checkpointing.py), and a log line per interval
-with images/s.
+Outputs in `model_dir`: `student.keras`, `saved_model/`, `summary.json`, `run_config.json` (the settings a
+rerun is checked against), TensorBoard scalars under `logs/train` (and `logs/eval`), checkpoints under
+`checkpoints/` (see trainer/checkpointing.py), with --eval_every the best top-1's student under `best/`,
+and a log line per interval with images/s.
 
     python -c "from trainer import loop, train_config; print(loop.train(train_config.TrainConfig( \
 train_pattern='records-*', model_dir='/tmp/run', student='mobilenet_v1', width=0.25, image_size=128, steps=100)))"
@@ -23,17 +27,15 @@ train_pattern='records-*', model_dir='/tmp/run', student='mobilenet_v1', width=0
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from distillery import records
-from trainer import checkpointing, cluster_resolver, driver, students, task
+from distillery import atomic_files, records
+from trainer import checkpointing, cluster_resolver, driver, eval_hook, export, resume, students, task
 from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -101,6 +103,12 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
             raise TrainInputError(f"{flag} must be positive, got {value}")
     if not 0.0 <= config.alpha <= 1.0:
         raise TrainInputError(f"--alpha must be in [0, 1], got {config.alpha}")
+    if config.eval_every < 0:
+        raise TrainInputError(f"--eval_every must be >= 0, got {config.eval_every}")
+    if config.eval_every and not config.eval_pattern:
+        raise TrainInputError(f"--eval_every={config.eval_every} needs --eval (the records to evaluate on)")
+    if config.eval_pattern and config.eval_batch_size <= 0:
+        raise TrainInputError(f"--eval_batch_size must be positive, got {config.eval_batch_size}")
     spec = _check_records("--train", config.train_pattern)
     if config.num_classes is not None and config.num_classes != spec.num_classes:
         raise TrainInputError(f"--train={config.train_pattern}: records have {spec.num_classes} classes, "
@@ -153,10 +161,12 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
 
     Returns:
       (the trained student, under `strategy`'s variables; the summary also written to
-      `model_dir/summary.json`).
+      `model_dir/summary.json`). A rerun whose --steps is at or below the finished run's step changes
+      nothing: it returns the restored student and the summary on disk, with `nothing_to_do` saying so.
 
     Raises:
-      TrainInputError: bad input, before training starts (see validate_inputs).
+      TrainInputError: bad input, before training starts (see validate_inputs), an unwritable
+        --model_dir, or a rerun whose settings differ from the checkpointed run's (trainer/resume.py).
     """
     strategy = strategy or tf.distribute.get_strategy()
     spec = validate_inputs(config, teacher.num_classes if teacher is not None else None)
@@ -173,6 +183,20 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     if config.batch_size % replicas:
         raise TrainInputError(f"--batch_size={config.batch_size} must be a multiple of the {replicas} replicas")
     chief = checkpointing.is_chief(strategy)
+    try:
+        atomic_files.check_writable(config.model_dir, "--model_dir")
+    except atomic_files.OutputFolderError as error:
+        raise TrainInputError(str(error)) from None
+    settings = resume.run_settings(config, spec, records.expand_paths(config.train_pattern))
+    changes = []
+    if config.overwrite:
+        if chief:
+            resume.clear(config.model_dir)
+    else:
+        try:
+            changes = resume.check(config.model_dir, settings)
+        except resume.ResumeRefusedError as error:
+            raise TrainInputError(str(error)) from None
     output_dir = checkpointing.worker_output_dir(config.model_dir, strategy)
     keras.utils.set_random_seed(config.seed)
     distillation = distillation_task(config, spec, teacher)
@@ -185,7 +209,18 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, step=step)
     keeper = checkpointing.CheckpointKeeper(checkpoint, step, config.model_dir, output_dir, strategy,
                                             config.checkpoint_every, config.max_checkpoints)
-    resumed_from = keeper.restore()
+    resumed_from = keeper.restore(from_checkpoint=not config.overwrite)
+    finished = resume.finished_summary(config.model_dir) if resumed_from >= config.steps else None
+    if finished is not None:
+        message = (f"--model_dir={config.model_dir} is already trained to step {resumed_from} "
+                   f"(--steps={config.steps}): nothing to do, its outputs are left as they are (a larger --steps "
+                   f"trains longer, --overwrite starts over)")
+        logging.warning(message)
+        if not chief:
+            checkpointing.remove_worker_dir(output_dir, config.model_dir)
+        return student, dict(finished, nothing_to_do=message)
+    if chief:
+        resume.write(config.model_dir, settings)
     iterator = distillation.build_inputs(strategy, seed_offset=resumed_from)
     train_step = distillation.build_train_step(student, optimizer, strategy, step_counter=step)
 
@@ -194,7 +229,9 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
                  "%s distillation, alpha %g, T %g", config.student, config.width, config.image_size,
                  config.image_size, spec.num_classes, config.steps, config.batch_size, replicas,
                  "online" if distillation.online else "offline", config.alpha, config.temperature)
+    evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief)
     hooks = ([driver.StepCallback(after_step)] if after_step is not None else []) + [keeper]
+    hooks += [evaluation] if evaluation is not None else []
     totals = driver.run_steps(train_step, iterator, resumed_from, config.steps, batch_size=config.batch_size,
                               log_every=config.log_every, summarize=distillation.interval_terms, writer=writer, hooks=hooks)
 
@@ -204,42 +241,57 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         "teacher": list(getattr(teacher, "names", [config.teacher])) if distillation.online else None,
         "strategy": strategy_name(strategy), "replicas": replicas, "global_batch_size": config.batch_size,
         "steps": int(step.numpy()), "planned_steps": config.steps, "resumed_from_step": resumed_from,
+        "changed_on_resume": changes,
         "optimizer_iterations": int(optimizer.iterations.numpy()),
         "steps_per_second": totals.steps_per_second, "images_per_second": totals.images_per_second,
         "alpha": config.alpha, "temperature": config.temperature, "loss": totals.terms,
         "record_spec": dataclasses.asdict(spec),
     }
     if config.eval_pattern:
-        result = distillation.evaluate(student)
+        result = evaluation.results.get(summary["steps"]) if evaluation is not None else None
+        if result is None:
+            result = distillation.evaluate(student, strategy)
         summary.update(top1=result["top1"], top5=result["top5"], eval_images=result["images"])
         logging.info("eval: top-1 %s, top-5 %s on %d images", result["top1"], result["top5"], result["images"])
+    if evaluation is not None:
+        summary.update(eval_every=config.eval_every, best=eval_hook.read_best(output_dir))
     save_outputs(student, config, spec.num_classes, output_dir, summary)
-    if writer is not None:
-        writer.close()
+    for summary_writer in (writer, evaluation.writer if evaluation is not None else None):
+        if summary_writer is not None:
+            summary_writer.close()
     if not chief:
         checkpointing.remove_worker_dir(output_dir, config.model_dir)
     return student, summary
 
 
+def _eval_hook(config: TrainConfig, distillation: task.DistillationTask, student: keras.Model,
+               strategy: tf.distribute.Strategy, num_classes: int, output_dir: str,
+               chief: bool) -> eval_hook.EvalHook | None:
+    """With --eval_every: the hook that evaluates on every replica, writes logs/eval and (chief) keeps best/."""
+    if not config.eval_every:
+        return None
+    best = None
+    if chief:
+        best = eval_hook.BestExport(output_dir, config.eval_pattern, lambda: export.exportable_student(
+            student, config.student, config.width, config.image_size, num_classes))
+    writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "eval")) if chief else None
+    return eval_hook.EvalHook(lambda: distillation.evaluate(student, strategy), config.eval_every, writer,
+                              on_best=best.export if best is not None else None,
+                              best_top1=best.previous_top1() if best is not None else None)
+
+
 def save_outputs(student: keras.Model, config: TrainConfig, num_classes: int, output_dir: str, summary: dict) -> None:
-    """Writes student.keras, saved_model/ and summary.json into `output_dir`.
+    """Writes student.keras, saved_model/ and summary.json into `output_dir`, each under a temporary name
+    renamed into place once all are written (summary.json last; trainer/export.py).
 
     The exported model is a fresh float32 student outside any strategy scope with the trained weights,
     so it loads and converts to TFLite without the strategy that trained it.
     """
-    exported = students.build_student(config.student, config.width, config.image_size, num_classes)
-    exported.set_weights([np.asarray(w) for w in student.get_weights()])
-    keras_path = os.path.join(output_dir, "student.keras")
-    exported.save(keras_path)
-    exported.export(os.path.join(output_dir, "saved_model"), format="tf_saved_model", verbose=False)
+    exported = export.exportable_student(student, config.student, config.width, config.image_size, num_classes)
     summary["outputs"] = {"keras": os.path.join(config.model_dir, "student.keras"),
-                          "saved_model": os.path.join(config.model_dir, "saved_model")}
-    with tf.io.gfile.GFile(os.path.join(output_dir, "summary.json"), "w") as file:
-        json.dump(summary, file, indent=2, default=_json_default)
+                          "saved_model": os.path.join(config.model_dir, "saved_model"),
+                          "run_config": os.path.join(config.model_dir, resume.RUN_CONFIG)}
+    if config.eval_every:
+        summary["outputs"]["best"] = os.path.join(config.model_dir, eval_hook.BEST_DIR)
+    export.write_student_files(exported, output_dir, "summary.json", summary)
     logging.info("wrote %s", output_dir)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value)}")

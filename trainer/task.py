@@ -11,6 +11,10 @@ student) trains that subset with the same step.
 Offline mode reads the teacher distribution of the replayed view from the records; online mode
 (`teacher` set) runs the teacher inside the step on the same view, cropped at the teacher's input size.
 
+The evaluation (`evaluate`, `Evaluator`, `DistillationTask.evaluate`) runs under the strategy too: each
+replica evaluates its share of the eval records and the counts are summed over replicas and workers, so
+one device and N give the same counts; evaluation during training (trainer/eval_hook.py) calls it.
+
     python -c "from trainer import task; t = task.DistillationTask('records-*', 128, 64, alpha=0.5, \
 temperature=4.0, student='mobilenet_v1', width=0.25); print(t.build_model().count_params())"
 """
@@ -75,30 +79,61 @@ def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer,
     return step
 
 
-def evaluate(student: keras.Model, pattern: str, image_size: int, batch_size: int = 100) -> dict:
-    """Top-1/top-5 of `student` on the labeled records of `pattern` (centre crop), on this process alone.
+def evaluate(student: keras.Model, pattern: str, image_size: int, batch_size: int = 100,
+             strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Top-1/top-5 of `student` on the labeled records of `pattern` (centre crop), under `strategy`.
+
+    Every replica of the strategy (None: the default one-device strategy) evaluates its share of the
+    records (`distribute_datasets_from_function`: by file, or by record when there are fewer files than
+    input pipelines) at ceil(batch_size / replicas) per replica, and the counts are summed over replicas
+    and workers; every worker of a multi-worker strategy must call it. Build once, call often: see
+    `Evaluator`.
 
     Returns:
       {'top1', 'top5', 'images'} over the records whose label is not -1.
     """
-    dataset = data.make_dataset(pattern, image_size, batch_size, training=False)
-    num_classes = int(student.outputs[0].shape[-1])
+    return Evaluator(student, pattern, image_size, batch_size, strategy)()
 
-    @tf.function
-    def batch_counts(images, labels):
-        logits = student(images, training=False)
-        labeled = labels >= 0
-        safe = tf.where(labeled, labels, 0)
-        top1 = tf.math.in_top_k(safe, logits, 1) & labeled
-        top5 = tf.math.in_top_k(safe, logits, min(5, num_classes)) & labeled
-        return [tf.reduce_sum(tf.cast(x, tf.int64)) for x in (top1, top5, labeled)]
 
-    totals = np.zeros(3, np.int64)
-    for images, targets in dataset:
-        totals += np.array([x.numpy() for x in batch_counts(images, targets["labels"])])
-    count = int(totals[2])
-    return {"top1": totals[0] / count if count else None, "top5": totals[1] / count if count else None,
-            "images": count}
+class Evaluator:
+    """The distributed evaluation of one model on one eval set, traced once and run as often as asked."""
+
+    def __init__(self, student: keras.Model, pattern: str, image_size: int, batch_size: int = 100,
+                 strategy: tf.distribute.Strategy | None = None):
+        strategy = strategy or tf.distribute.get_strategy()
+        per_replica = max(1, -(-batch_size // strategy.num_replicas_in_sync))
+        self.dataset = strategy.distribute_datasets_from_function(
+            lambda context: data.make_dataset(pattern, image_size, per_replica, training=False, input_context=context))
+        num_classes = int(student.outputs[0].shape[-1])
+
+        def counts(images, labels):
+            logits = student(images, training=False)
+            labeled = labels >= 0
+            safe = tf.where(labeled, labels, 0)
+            top1 = tf.math.in_top_k(safe, logits, 1) & labeled
+            top5 = tf.math.in_top_k(safe, logits, min(5, num_classes)) & labeled
+            return [tf.reduce_sum(tf.cast(x, tf.int64)) for x in (top1, top5, labeled)]
+
+        def replica_counts(images, labels):
+            # A replica left without records at the end gets an empty batch; the model is not run on it
+            # (oneDNN's CPU convolution returns its input unchanged for a batch of 0).
+            return tf.cond(tf.shape(images)[0] > 0, lambda: counts(images, labels),
+                           lambda: [tf.constant(0, tf.int64)] * 3)
+
+        def batch_counts(images, targets):
+            per_replica_counts = strategy.run(replica_counts, args=(images, targets["labels"]))
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None) for count in per_replica_counts]
+
+        # Traced once for the dataset's batch shape [None, ...]: the smaller last batch needs no second trace.
+        self.batch_counts = tf.function(batch_counts, input_signature=self.dataset.element_spec)
+
+    def __call__(self) -> dict:
+        totals = np.zeros(3, np.int64)
+        for images, targets in self.dataset:
+            totals += np.array([count.numpy() for count in self.batch_counts(images, targets)])
+        count = int(totals[2])
+        return {"top1": totals[0] / count if count else None, "top5": totals[1] / count if count else None,
+                "images": count}
 
 
 @dataclasses.dataclass
@@ -135,6 +170,7 @@ class DistillationTask:
     shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER
     eval_pattern: str | None = None
     eval_batch_size: int = 100
+    _evaluators: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def online(self) -> bool:
@@ -197,8 +233,13 @@ class DistillationTask:
                 "kl_divergence": sums["kl_divergence"] / examples,
                 "train_top1": sums["correct"] / sums["labeled"] if sums["labeled"] else None}
 
-    def evaluate(self, model: keras.Model) -> dict:
-        """{'top1', 'top5', 'images'} of `model` on `eval_pattern`."""
+    def evaluate(self, model: keras.Model, strategy: tf.distribute.Strategy | None = None) -> dict:
+        """{'top1', 'top5', 'images'} of `model` on `eval_pattern`, on every replica of `strategy` (counts
+        summed over replicas and workers); the evaluation is traced on the first call for this model and
+        strategy (evaluation during training calls it every N steps)."""
         if not self.eval_pattern:
             raise ValueError("this task has no eval_pattern to evaluate on")
-        return evaluate(model, self.eval_pattern, self.image_size, self.eval_batch_size)
+        key = (id(model), id(strategy))
+        if key not in self._evaluators:
+            self._evaluators[key] = Evaluator(model, self.eval_pattern, self.image_size, self.eval_batch_size, strategy)
+        return self._evaluators[key]()

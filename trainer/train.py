@@ -11,8 +11,11 @@ Online baseline (the teacher runs inside the step on the same view):
     distillery-train ... --teacher=builtin:mobilenet_v2_imagenet
 
 Multi-worker: set TF_CONFIG on every worker and pass --strategy=multi_worker (docs/train.md).
-Outputs: DIR/student.keras, DIR/saved_model/, DIR/summary.json, DIR/logs/ (TensorBoard), DIR/checkpoints/.
-A rerun with the same --model_dir resumes from the latest checkpoint.
+Outputs: DIR/student.keras, DIR/saved_model/, DIR/summary.json, DIR/run_config.json, DIR/logs/ (TensorBoard),
+DIR/checkpoints/, and with --eval_every=N DIR/best/ (the best top-1's student); each file is written under a
+temporary name and renamed into place. A rerun with the same --model_dir resumes from the latest checkpoint
+when its settings match the run's (else it is refused, listing them; --overwrite starts over); a rerun
+with --steps at or below the finished step does nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 from absl import app, flags, logging
 
 from distillery import cli, records
-from trainer import loop
+from trainer import loop, loss_guard
 from trainer.train_config import TrainConfig
 
 cli.define_flags(TrainConfig)
@@ -38,8 +41,10 @@ def main(argv: list[str]) -> None:
     config = cli.from_flags(TrainConfig)
     try:
         summary = loop.train(config, loop.make_strategy(_STRATEGY.value))
-    except (loop.TrainInputError, records.RecordError) as error:
+    except (loop.TrainInputError, records.RecordError, loss_guard.NonFiniteLossError) as error:
         sys.exit(f"distillery-train: error: {error}")
+    if "nothing_to_do" in summary:
+        print(f"distillery-train: {summary['nothing_to_do']}", file=sys.stderr)
     print(json.dumps({key: summary.get(key) for key in
                       ("steps", "images_per_second", "top1", "top5", "loss", "outputs")}, indent=None))
 

@@ -19,11 +19,13 @@ class TrainConfig:
     """Everything a training run needs; the field's help text is its flag's."""
 
     train_pattern: str = option(flag="train", help="Glob(s) of soft-label record files to train on (local or gs://).")
-    model_dir: str = option(help="Output directory; a rerun resumes from its checkpoints.")
+    model_dir: str = option(help="Output directory; a rerun resumes from its checkpoints when its settings match "
+                                 "(run_config.json; docs/train.md says which may change).")
     student: str = option("mobilenet_v1", choices=students.STUDENTS, help="Student architecture.")
     width: float = option(1.0, help="Width multiplier (alpha).")
     image_size: int = option(224, help="Student input side in pixels.")
-    eval_pattern: str | None = option(None, flag="eval", help="Glob(s) of labeled records for the final top-1/top-5.")
+    eval_pattern: str | None = option(None, flag="eval", help="Glob(s) of labeled records for the top-1/top-5 "
+                                                                    "(final, and every --eval_every steps).")
     teacher: str | None = option(None, help="Online mode: a teacher spec (.keras, SavedModel dir, builtin:NAME) run "
                                             "inside the step; default: offline, from the records.")
     trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
@@ -40,4 +42,9 @@ class TrainConfig:
     max_checkpoints: int = option(3, help="Checkpoints kept.")
     seed: int = option(0, help="Seed of initialization, shuffling and view choices.")
     shuffle_buffer: int = option(data.DEFAULT_SHUFFLE_BUFFER, help="Records in the shuffle buffer.")
-    eval_batch_size: int = option(100, help="Batch size of the final evaluation.")
+    eval_batch_size: int = option(100, help="Global batch size of the evaluations (over all replicas).")
+    eval_every: int = option(0, lower_bound=0, help="Evaluate on --eval every N steps (on every replica), write "
+                                                    "eval/top1 and eval/top5 under logs/eval and keep the best "
+                                                    "top-1's student as best/ (0: only the final evaluation).")
+    overwrite: bool = option(False, help="Remove --model_dir's checkpoints and outputs and start over (instead of "
+                                         "resuming, or of refusing a run whose settings differ).")
