@@ -1,16 +1,33 @@
 """A soft-label record as pixels: its image decoded, and a view of it cropped, flipped and resized.
 
 The one definition of what a model is fed from a record, for the trainer's tf.data pipeline (the graph
-functions, `*_tensor`) and for int8 calibration and the benchmark's evaluation (the NumPy functions):
+functions, `*_tensor`) and for int8 calibration and the benchmark's evaluation (the NumPy functions, which
+run the same graph decoder, compiled once, so all three see the same pixels):
 
-- the image: the record's stored bytes, else the original file at its image/path, decoded the way
-  extraction decodes (`distillery.images.decode_rgb`). The graph version decodes JPEGs and 8-bit
-  grey or RGB PNGs (what extraction and the benchmarks store) with TensorFlow's decoders, which give
-  decode_rgb's pixels exactly for them (tests/test_record_pixels.py), and everything else with
-  decode_rgb itself, so a PNG with alpha or 16 bits comes out as extraction saw it;
+- the image: the record's stored bytes, else the original file at its image/path, decoded with
+  TensorFlow ops only (no Python in the input pipeline, so decoding scales with the cores, not the GIL):
+  JPEG with the accurate integer DCT, PNG by its header (16-bit grey scaled, alpha composited on white),
+  still WebP (alpha composited on white), GIF (first frame) and 24/32-bit BMP via tf.io.decode_image;
 - a stored view: `distillery.views.crop_view` of the view's crop box and flip at a size;
 - the evaluation view: `distillery.views.eval_view` (the centre crop, not flipped);
 - channels: 3 (RGB), or 1 (ITU-R 601 luma, as tf.image.rgb_to_grayscale) for a grayscale model.
+
+Against the extraction's decoder (`distillery.images.decode_rgb`, PIL: the pixels the teacher saw) the
+result is the same to the bit for what extraction stores (JPEG re-encodes) and for JPEG (RGB, grey,
+progressive, CMYK), PNG (RGB, grey, 1/2/4/8/16-bit, palette with or without transparency, grey + alpha,
+RGBA, 16-bit RGBA), GIF without transparency, 24-bit BMP and still WebP (with or without alpha)
+originals. It differs, pinned by tests/test_record_pixels.py, for originals that are:
+
+- GIF with a transparent colour: TensorFlow gives black where PIL composites on white;
+- TIFF, animated WebP, BMP with fewer than 24 bits per pixel, or any other format: not decoded
+  (`image_format_tensor` says UNSUPPORTED; the trainer skips the record as undecodable_image), where
+  PIL decodes them (TIFF; the first frame of an animated WebP; palette BMP);
+- larger than the extraction's pixel limit (--max_image_pixels): decoded anyway (no pixel limit here;
+  the extraction refused such images before writing their records).
+
+`image_format_tensor` reads only the first bytes and never raises, so a pipeline can flag an image of no
+known format without decoding it; `decode_image_tensor` raises (InvalidArgumentError) on bytes that do not
+decode, which a pipeline catches with `ignore_errors` (trainer/data.py).
 
 The NumPy functions run the same view functions as one compiled graph call (`views.compiled_crop_views`,
 `views.compiled_eval_views`) instead of a dozen eager ops per image.
@@ -21,6 +38,7 @@ r = next(iter(records.read_records('runs/demo/soft_labels/eval-*'))); print(reco
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -30,9 +48,14 @@ import tensorflow as tf
 from distillery import images, records, views
 
 CHANNELS = (1, 3)
-_PNG_SIGNATURE = (0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A)
-_PNG_HEADER_BYTES = 26  # signature, IHDR length and type, width, height, bit depth, colour type
-_PNG_GREY, _PNG_RGB = 0, 2
+# What image_format_tensor returns: the decoder a file's first bytes call for (UNSUPPORTED: none).
+UNSUPPORTED, JPEG, PNG, GIF, BMP, WEBP, WEBP_ALPHA = range(7)
+FORMAT_NAMES = ("unsupported", "JPEG", "PNG", "GIF", "BMP", "WebP", "WebP with alpha")
+_HEADER_BYTES = 32
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GREY, _PNG_PALETTE, _PNG_GREY_ALPHA, _PNG_RGBA = 0, 3, 4, 6
+_WEBP_ANIMATION, _WEBP_EXTENDED_ALPHA = 0x02, 0x10  # VP8X flags
+_VP8L_SIGNATURE = 0x2F
 
 
 class UnsupportedChannelsError(ValueError):
@@ -45,47 +68,111 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------ graph (tf.data)
 
-def _decode_rgb_bytes(data: bytes | np.ndarray) -> np.ndarray:
-    # tf.numpy_function hands a scalar string over as bytes inside a graph (tf.data), but as a 0-d
-    # object array holding the bytes when called eagerly.
-    return images.decode_rgb(data.item() if isinstance(data, np.ndarray) else data)
+def _header(data: tf.Tensor) -> tf.Tensor:
+    """The first _HEADER_BYTES bytes as [_HEADER_BYTES] uint8, zero-padded when the data is shorter."""
+    return tf.io.decode_raw(tf.strings.substr(data, 0, _HEADER_BYTES), tf.uint8, fixed_length=_HEADER_BYTES)
 
 
-def _decode_rgb_tensor(data: tf.Tensor) -> tf.Tensor:
-    image = tf.numpy_function(_decode_rgb_bytes, [data], tf.uint8, stateful=False)
+def _starts(header: tf.Tensor, offset: int, signature: bytes) -> tf.Tensor:
+    return tf.reduce_all(tf.equal(header[offset:offset + len(signature)], tf.constant(list(signature), tf.uint8)))
+
+
+def image_format_tensor(data: tf.Tensor) -> tf.Tensor:
+    """The int32 format code (JPEG, PNG, ... or UNSUPPORTED) of image bytes, from their first bytes only.
+
+    Never raises: empty, short or garbage bytes are UNSUPPORTED, as are TIFF, animated WebP and BMP of
+    fewer than 24 bits per pixel (which TensorFlow decodes wrongly or not at all).
+    """
+    header = _header(data)
+    as_int = tf.cast(header, tf.int32)
+    bmp_bits = as_int[28] + as_int[29] * 256
+    webp = _starts(header, 0, b"RIFF") & _starts(header, 8, b"WEBP")
+    extended = _starts(header, 12, b"VP8X")
+    lossless = _starts(header, 12, b"VP8L") & tf.equal(as_int[20], _VP8L_SIGNATURE)
+    webp_alpha = ((extended & tf.not_equal(tf.bitwise.bitwise_and(as_int[20], _WEBP_EXTENDED_ALPHA), 0))
+                  | (lossless & tf.not_equal(tf.bitwise.bitwise_and(as_int[24], 0x10), 0)))
+    animated = extended & tf.not_equal(tf.bitwise.bitwise_and(as_int[20], _WEBP_ANIMATION), 0)
+    still_webp = webp & ~animated & (extended | lossless | _starts(header, 12, b"VP8 "))
+    choices = [  # first match wins
+        (_starts(header, 0, b"\xff\xd8\xff"), JPEG),
+        (_starts(header, 0, _PNG_SIGNATURE), PNG),
+        (_starts(header, 0, b"GIF8"), GIF),
+        (_starts(header, 0, b"BM") & ((bmp_bits == 24) | (bmp_bits == 32)), BMP),
+        (still_webp & webp_alpha, WEBP_ALPHA),
+        (still_webp, WEBP),
+    ]
+    code = tf.constant(UNSUPPORTED, tf.int32)
+    for condition, value in reversed(choices):
+        code = tf.where(condition, tf.constant(value, tf.int32), code)
+    return code
+
+
+def _on_white(rgba: tf.Tensor) -> tf.Tensor:
+    """[H, W, 4] uint8 RGBA composited on opaque white as [H, W, 3] uint8: exactly PIL's alpha_composite
+    (round(c * a / 255 + 255 * (1 - a / 255)), every (c, a) checked in tests/test_record_pixels.py)."""
+    colour = tf.cast(rgba[..., :3], tf.int32)
+    alpha = tf.cast(rgba[..., 3:], tf.int32)
+    return tf.cast((colour * alpha + 255 * (255 - alpha) + 127) // 255, tf.uint8)
+
+
+def _decode_png(data: tf.Tensor, header: tf.Tensor) -> tf.Tensor:
+    """A PNG the way extraction's decode_rgb converts it: 16-bit grey scaled to 8 bits (PIL's I;16 path),
+    palette / grey + alpha / RGBA composited on white, grey / RGB (any depth: the high byte) as they are."""
+    depth, colour = tf.cast(header[24], tf.int32), tf.cast(header[25], tf.int32)
+
+    def grey_16():
+        grey = tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.int32)
+        return tf.tile(tf.cast((grey * 255 + 32767) // 65535, tf.uint8), [1, 1, 3])
+
+    with_alpha = (tf.equal(colour, _PNG_PALETTE) | tf.equal(colour, _PNG_GREY_ALPHA) | tf.equal(colour, _PNG_RGBA))
+    branch = tf.where(tf.equal(colour, _PNG_GREY) & tf.equal(depth, 16), 0, tf.where(with_alpha, 1, 2))
+    return tf.switch_case(branch, [grey_16, lambda: _on_white(tf.io.decode_png(data, channels=4)),
+                                   lambda: tf.io.decode_png(data, channels=3)])
+
+
+def _unsupported(data: tf.Tensor) -> tf.Tensor:
+    check = tf.debugging.Assert(False, ["not an image the trainer decodes (JPEG, PNG, GIF, 24/32-bit BMP or still "
+                                        "WebP); first bytes:", _header(data)[:8]], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.zeros([1, 1, 3], tf.uint8)
+
+
+def decode_image_tensor(data: tf.Tensor, image_format: tf.Tensor | None = None) -> tf.Tensor:
+    """[H, W, 3] uint8 RGB of image bytes in the graph (module docstring: formats and where they differ
+    from the extraction's decoder).
+
+    Args:
+      data: the encoded image, a scalar string.
+      image_format: `image_format_tensor(data)`, when the caller has it already.
+
+    Raises:
+      tf.errors.InvalidArgumentError (when run): bytes of no supported format, or that do not decode.
+    """
+    image_format = image_format_tensor(data) if image_format is None else image_format
+
+    def decode_image():
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+    branches = [lambda: _unsupported(data),
+                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: _decode_png(data, _header(data)),
+                decode_image, decode_image, decode_image,
+                lambda: _on_white(tf.io.decode_webp(data, channels=4)[0])]
+    image = tf.switch_case(image_format, branches)
     image.set_shape([None, None, 3])
     return image
 
 
-def _is_plain_png(encoded: tf.Tensor) -> tf.Tensor:
-    """Whether the bytes are an 8-bit grey or RGB PNG (no alpha channel, no palette)."""
-    header = tf.io.decode_raw(tf.strings.substr(encoded, 0, _PNG_HEADER_BYTES), tf.uint8,
-                              fixed_length=_PNG_HEADER_BYTES)  # zero-padded when shorter
-    signature = tf.reduce_all(tf.equal(header[:8], tf.constant(_PNG_SIGNATURE, tf.uint8)))
-    colour = header[25]
-    return signature & tf.equal(header[24], 8) & (tf.equal(colour, _PNG_GREY) | tf.equal(colour, _PNG_RGB))
+def image_bytes_tensor(encoded: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
+    """A record's image bytes in the graph: its stored bytes, else the file at `path` (tf.io.read_file:
+    local or gs://; raises NotFoundError when run on a missing file)."""
+    return tf.cond(tf.strings.length(encoded) > 0, lambda: encoded, lambda: tf.io.read_file(path))
 
 
 def decode_tensor(encoded: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
     """[H, W, 3] uint8 RGB of a record in the graph: its image bytes, or the file at `path` when the bytes
-    are empty; the pixels of `decode` for the same record.
-
-    JPEGs are decoded with the accurate integer DCT, which gives exactly the pixels of PIL (TensorFlow's
-    default fast DCT does not); 8-bit grey / RGB PNGs with tf.io.decode_png.
-    Anything else, and every original file (CMYK, alpha, 16-bit, TIFF, ...), goes through extraction's
-    decoder, `distillery.images.decode_rgb`, so the student sees the pixels the teacher saw.
-    """
-    def not_jpeg():
-        return tf.cond(_is_plain_png(encoded), lambda: tf.io.decode_png(encoded, channels=3),
-                       lambda: _decode_rgb_tensor(encoded))
-
-    def stored():
-        return tf.cond(tf.io.is_jpeg(encoded),
-                       lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"), not_jpeg)
-
-    image = tf.cond(tf.strings.length(encoded) > 0, stored, lambda: _decode_rgb_tensor(tf.io.read_file(path)))
-    image.set_shape([None, None, 3])
-    return image
+    are empty (`image_bytes_tensor`, then `decode_image_tensor`); the pixels of `decode` for the same record."""
+    return decode_image_tensor(image_bytes_tensor(encoded, path))
 
 
 def view_tensor(image: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor, size: int | Sequence[int]) -> tf.Tensor:
@@ -108,13 +195,43 @@ def image_bytes(record: records.SoftLabelRecord) -> bytes:
     return record.encoded_image
 
 
+@functools.cache
+def _compiled_decode():
+    """`decode_image_tensor` as one graph call per image (cached per process; eagerly it is ~30 ops)."""
+    return tf.function(decode_image_tensor, input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of image bytes: `decode_image_tensor`, the trainer's decoder, run once.
+
+    Raises:
+      images.ImageDecodeError: empty bytes, or bytes that do not decode (the message says why).
+    """
+    if not data:
+        raise images.ImageDecodeError("empty file")
+    try:
+        return _compiled_decode()(tf.constant(data)).numpy()
+    except tf.errors.OpError as error:
+        raise images.ImageDecodeError(f"cannot decode image: {_reason(error.message)}") from None
+
+
+def _reason(message: str) -> str:
+    """The decoder's own words from a graph execution error (the line before its `[[{{node ...}}]]`)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    reason = lines[-1] if lines else message
+    if reason.startswith("assertion failed: "):
+        reason = reason[len("assertion failed: "):].replace("] [", " ").strip("[]")
+    return reason
+
+
 def decode(record: records.SoftLabelRecord) -> np.ndarray:
-    """[H, W, 3] uint8 RGB of a record: its stored image, else the file at its image_path.
+    """[H, W, 3] uint8 RGB of a record: its stored image, else the file at its image_path, decoded exactly
+    as the trainer's pipeline decodes it (`decode_bytes`).
 
     Raises:
       images.ImageDecodeError: when the image does not decode (the message says why).
     """
-    return images.decode_rgb(image_bytes(record))
+    return decode_bytes(image_bytes(record))
 
 
 def decode_or_none(record: records.SoftLabelRecord) -> np.ndarray | None:

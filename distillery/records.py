@@ -254,7 +254,19 @@ def _raw(example: tf.train.Example, key: str, dtype: np.dtype, count: int) -> np
 
 
 def decode(serialized: bytes) -> SoftLabelRecord:
-    """Parses one serialized record. Raises ValueError on anything malformed or of another version."""
+    """Parses one serialized record. Raises ValueError on anything malformed, of another version, or whose
+    teacher logits or log-sum-exps are not finite (NaN or infinity: nothing to distill from; the trainer's
+    graph parser flags such records instead, `tf_parser`'s `finite_logits`, and the trainer skips them)."""
+    record = _parse(serialized)
+    for name, values in (("logits", record.logits), ("logsumexp", record.logsumexp)):
+        if not np.all(np.isfinite(values)):
+            views = sorted({int(index[0]) for index in np.argwhere(~np.isfinite(values))})
+            raise ValueError(f"non-finite teacher {name} (NaN or infinity) in view(s) {views}")
+    return record
+
+
+def _parse(serialized: bytes) -> SoftLabelRecord:
+    """`decode` without the finiteness check (read_spec reads a file's spec even from a record it would refuse)."""
     example = tf.train.Example()
     try:
         example.ParseFromString(serialized)
@@ -390,7 +402,7 @@ def read_spec(pattern: str | Sequence[str]) -> RecordSpec:
         if first is None:
             raise RecordError(f"{path}: holds no records")
         try:
-            file_spec = decode(first).spec
+            file_spec = _parse(first).spec
         except ValueError as error:
             raise RecordError(f"{path}: record 0: {error}") from None
         if spec is None:
@@ -439,10 +451,12 @@ def teacher_distribution(class_ids: tf.Tensor, logits: tf.Tensor, logsumexp: tf.
     else:
         log_other = tf.fill(tf.shape(log_p)[:1], -np.inf)
     base = tf.tile((log_other / temperature)[:, None], [1, num_classes])
-    one_hot = tf.one_hot(tf.cast(class_ids, tf.int32), num_classes, dtype=tf.float32)  # [N, k, C]
-    stored = tf.reduce_sum(one_hot * (log_p / temperature)[:, :, None], axis=1)
-    is_stored = tf.reduce_sum(one_hot, axis=1) > 0
-    return tf.nn.softmax(tf.where(is_stored, stored, base), axis=-1)
+    # The stored classes' scores scattered into the [N, C] residual scores: no [N, k, C] one-hot, which for
+    # full logits is N x C x C floats (peak memory before and after: docs/results.md "Training").
+    class_ids = tf.cast(class_ids, tf.int32)
+    rows = tf.broadcast_to(tf.range(tf.shape(class_ids)[0])[:, None], tf.shape(class_ids))
+    scores = tf.tensor_scatter_nd_update(base, tf.stack([rows, class_ids], axis=-1), log_p / temperature)
+    return tf.nn.softmax(scores, axis=-1)
 
 
 def tf_parser(spec: RecordSpec):
@@ -450,7 +464,10 @@ def tf_parser(spec: RecordSpec):
 
     The dict holds: image_id (string), encoded_image (string, may be empty), image_path (string, may be
     empty), label (int64), crops [V, 4] float32,
-    flips [V] bool, class_ids [V, k] int32, logits [V, k] float32, logsumexp [V] float32.
+    flips [V] bool, class_ids [V, k] int32, logits [V, k] float32, logsumexp [V] float32, and finite_logits
+    (bool): whether every logit and log-sum-exp is finite. A record `decode` refuses for non-finite logits is
+    flagged here, not raised on, so that a tf.data pipeline can skip it and count it; anything malformed
+    (sizes, another format version) still raises.
     """
     feature_spec = {
         _VERSION: tf.io.FixedLenFeature([], tf.int64),
@@ -480,6 +497,8 @@ def tf_parser(spec: RecordSpec):
         else:
             raw_dtype = tf.uint16 if spec.class_id_dtype == np.dtype("<u2") else tf.int32
             class_ids = tf.cast(tf.io.decode_raw(features[_CLASS_IDS], raw_dtype), tf.int32)
+        logits = tf.reshape(tf.cast(tf.io.decode_raw(features[_LOGITS], logit_dtype), tf.float32), [views, top_k])
+        logsumexp = tf.reshape(tf.io.decode_raw(features[_LOGSUMEXP], tf.float32), [views])
         return {
             "image_id": features[_IMAGE_ID],
             "encoded_image": features[_IMAGE_ENCODED],
@@ -488,8 +507,9 @@ def tf_parser(spec: RecordSpec):
             "crops": tf.reshape(crops, [views, 4]),
             "flips": tf.reshape(tf.io.decode_raw(features[_FLIP], tf.uint8) > 0, [views]),
             "class_ids": tf.reshape(class_ids, [views, top_k]),
-            "logits": tf.reshape(tf.cast(tf.io.decode_raw(features[_LOGITS], logit_dtype), tf.float32), [views, top_k]),
-            "logsumexp": tf.reshape(tf.io.decode_raw(features[_LOGSUMEXP], tf.float32), [views]),
+            "logits": logits,
+            "logsumexp": logsumexp,
+            "finite_logits": tf.reduce_all(tf.math.is_finite(logits)) & tf.reduce_all(tf.math.is_finite(logsumexp)),
         }
 
     return parse

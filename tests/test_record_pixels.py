@@ -30,13 +30,31 @@ def _image(seed: int, height: int = 30, width: int = 34) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def _save(pil: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    pil.save(buffer, **options)
+    return buffer.getvalue()
+
+
 def _encoded(kind: str, seed: int = 0) -> bytes:
     """Bytes of one image in the format `kind`: what extraction stores (JPEG), what the benchmarks store
-    (RGB and grey PNG), and originals extraction accepts (alpha, palette, 16-bit, CMYK, GIF, BMP, TIFF)."""
+    (RGB and grey PNG), and originals extraction accepts (alpha, palette, 16-bit, CMYK, GIF, BMP, TIFF, WebP)."""
     rgb = _image(seed)
     if kind == "jpeg-extraction":
         return images.encode_bounded(rgb, max_side=24)
-    alpha = np.random.default_rng(seed + 100).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    rng = np.random.default_rng(seed + 100)
+    alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    wide = rng.integers(0, 65536, rgb.shape, dtype=np.uint16)  # random low bytes: the high byte and scaling differ
+    if kind in ("png-rgb-16bit", "png-rgba-16bit", "png-grey-alpha-16bit"):
+        channels = {"png-rgb-16bit": wide, "png-rgba-16bit": np.dstack([wide, wide[..., :1]]),
+                    "png-grey-alpha-16bit": wide[..., :2]}[kind]
+        return tf.io.encode_png(tf.constant(channels)).numpy()
+    if kind == "webp-animated":
+        return _save(Image.fromarray(rgb), format="WEBP", save_all=True, lossless=True,
+                     append_images=[Image.fromarray(_image(seed + 1)), Image.fromarray(_image(seed + 2))])
+    palette = Image.fromarray(rgb).convert("P")
+    transparent = int(np.asarray(palette)[0, 0])  # the colour of the top-left pixel is the transparent one
+    rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     pil, save = {
         "jpeg": (Image.fromarray(rgb), {"format": "JPEG", "quality": 90}),
         "jpeg-progressive": (Image.fromarray(rgb), {"format": "JPEG", "quality": 90, "progressive": True}),
@@ -44,27 +62,39 @@ def _encoded(kind: str, seed: int = 0) -> bytes:
         "jpeg-cmyk": (Image.fromarray(rgb).convert("CMYK"), {"format": "JPEG"}),
         "png": (Image.fromarray(rgb), {"format": "PNG"}),
         "png-grey": (Image.fromarray(rgb[..., 0]), {"format": "PNG"}),
-        "png-rgba": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), {"format": "PNG"}),
-        "png-grey-alpha": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA").convert("LA"), {"format": "PNG"}),
-        "png-palette": (Image.fromarray(rgb).convert("P"), {"format": "PNG"}),
+        "png-grey-2bit": (Image.fromarray((rgb[..., 0] // 64 * 85).astype(np.uint8)), {"format": "PNG", "bits": 2}),
+        "png-1bit": (Image.fromarray(rgb[..., 0] > 127), {"format": "PNG"}),
+        "png-rgba": (rgba, {"format": "PNG"}),
+        "png-grey-alpha": (rgba.convert("LA"), {"format": "PNG"}),
+        "png-palette": (palette, {"format": "PNG"}),
+        "png-palette-alpha": (rgba.convert("P"), {"format": "PNG"}),
+        "png-palette-transparent": (palette, {"format": "PNG", "transparency": transparent}),
         "png-16bit": (Image.fromarray(rgb[..., 0].astype(np.uint16) * 257 + 3).convert("I;16"), {"format": "PNG"}),
-        "gif": (Image.fromarray(rgb).convert("P"), {"format": "GIF"}),
+        "png-grey-16bit-random": (Image.fromarray(wide[..., 0]).convert("I;16"), {"format": "PNG"}),
+        "gif": (palette, {"format": "GIF"}),
+        "gif-transparent": (palette, {"format": "GIF", "transparency": transparent}),
         "bmp": (Image.fromarray(rgb), {"format": "BMP"}),
+        "bmp-palette": (palette, {"format": "BMP"}),
         "tiff": (Image.fromarray(rgb), {"format": "TIFF"}),
+        "webp": (Image.fromarray(rgb), {"format": "WEBP", "quality": 80}),
+        "webp-lossless": (Image.fromarray(rgb), {"format": "WEBP", "lossless": True}),
+        "webp-alpha": (rgba, {"format": "WEBP", "quality": 80}),
+        "webp-lossless-alpha": (rgba, {"format": "WEBP", "lossless": True}),
     }[kind]
-    buffer = io.BytesIO()
-    pil.save(buffer, **save)
-    return buffer.getvalue()
+    return _save(pil, **save)
 
 
 def _encoded_png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "PNG")
-    return buffer.getvalue()
+    return _save(Image.fromarray(rgb), format="PNG")
 
 
-KINDS = ["jpeg", "jpeg-extraction", "jpeg-progressive", "jpeg-grey", "jpeg-cmyk", "png", "png-grey", "png-rgba",
-         "png-grey-alpha", "png-palette", "png-16bit", "gif", "bmp", "tiff"]
+# The trainer's TensorFlow decoder gives extraction's (PIL's) pixels to the bit for these ...
+KINDS = ["jpeg", "jpeg-extraction", "jpeg-progressive", "jpeg-grey", "jpeg-cmyk", "png", "png-grey", "png-grey-2bit",
+         "png-1bit", "png-rgba", "png-grey-alpha", "png-palette", "png-palette-alpha", "png-palette-transparent",
+         "png-16bit", "png-grey-16bit-random", "png-rgb-16bit", "png-rgba-16bit", "png-grey-alpha-16bit", "gif", "bmp",
+         "webp", "webp-lossless", "webp-alpha", "webp-lossless-alpha"]
+# ... and does not decode these, which PIL does (record_pixels' docstring); gif-transparent differs in pixels.
+UNSUPPORTED_KINDS = ["tiff", "bmp-palette", "webp-animated"]
 
 
 def _record(label: int, encoded: bytes = b"", image_path: str = "") -> records.SoftLabelRecord:
@@ -81,6 +111,7 @@ def test_graph_and_numpy_decoders_give_extractions_pixels(tmp_path, kind):
     expected = images.decode_rgb(encoded)
     path = tmp_path / "original"
     path.write_bytes(encoded)
+    assert int(record_pixels.image_format_tensor(encoded)) != record_pixels.UNSUPPORTED
     for record in (_record(0, encoded=encoded), _record(0, image_path=str(path))):
         np.testing.assert_array_equal(record_pixels.decode(record), expected)
         np.testing.assert_array_equal(
@@ -89,6 +120,50 @@ def test_graph_and_numpy_decoders_give_extractions_pixels(tmp_path, kind):
         mapped = tf.data.Dataset.from_tensors((record.encoded_image, record.image_path)).map(
             record_pixels.decode_tensor)
         np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)
+
+
+def test_a_transparent_gif_colour_is_black_in_the_trainer_and_white_in_extraction():
+    """The one decodable original whose pixels differ: TensorFlow's GIF decoder fills the transparent colour
+    with black, PIL (decode_rgb) composites it on white; every other pixel is the same."""
+    encoded = _encoded("gif-transparent")
+    extraction, trainer = images.decode_rgb(encoded), record_pixels.decode_bytes(encoded)
+    indices = np.asarray(Image.open(io.BytesIO(encoded)))
+    transparent = indices == indices[0, 0]
+    assert 0 < transparent.sum() < transparent.size
+    np.testing.assert_array_equal(extraction[transparent], 255)
+    np.testing.assert_array_equal(trainer[transparent], 0)
+    np.testing.assert_array_equal(trainer[~transparent], extraction[~transparent])
+
+
+@pytest.mark.parametrize("kind", UNSUPPORTED_KINDS)
+def test_formats_tensorflow_does_not_decode_are_refused_from_their_header(kind):
+    """TIFF, palette BMP (which tf.io.decode_bmp reads as grey indices) and animated WebP (whose decoder
+    corrupts the heap in TF 2.21) are refused from their first bytes, without a decoder running; PIL
+    decodes them."""
+    encoded = _encoded(kind)
+    assert images.decode_rgb(encoded).shape == (30, 34, 3)
+    assert int(record_pixels.image_format_tensor(encoded)) == record_pixels.UNSUPPORTED
+    with pytest.raises(images.ImageDecodeError, match="cannot decode image: not an image the trainer decodes"):
+        record_pixels.decode_bytes(encoded)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not an image the trainer decodes"):
+        record_pixels.decode_tensor(tf.constant(encoded), tf.constant(""))
+
+
+def test_image_format_reads_headers_and_never_raises():
+    codes = {kind: int(record_pixels.image_format_tensor(_encoded(kind)))
+             for kind in ("jpeg", "png", "gif", "bmp", "webp", "webp-lossless", "webp-alpha", "webp-lossless-alpha")}
+    assert codes == {"jpeg": record_pixels.JPEG, "png": record_pixels.PNG, "gif": record_pixels.GIF,
+                     "bmp": record_pixels.BMP, "webp": record_pixels.WEBP, "webp-lossless": record_pixels.WEBP,
+                     "webp-alpha": record_pixels.WEBP_ALPHA, "webp-lossless-alpha": record_pixels.WEBP_ALPHA}
+    for garbage in (b"", b"\xff", b"not an image at all", bytes(range(256)), b"RIFF\x00\x00\x00\x00WAVEfmt "):
+        assert int(record_pixels.image_format_tensor(garbage)) == record_pixels.UNSUPPORTED
+
+
+def test_alpha_is_composited_on_white_exactly_as_pil_does_for_every_value():
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([colour, 255 - colour, colour // 2, alpha], axis=-1).astype(np.uint8)  # every (colour, alpha)
+    encoded = _save(Image.fromarray(rgba, "RGBA"), format="PNG")
+    np.testing.assert_array_equal(record_pixels.decode_bytes(encoded), images.decode_rgb(encoded))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +182,7 @@ def mixed_records(tmp_path_factory):
 
 def test_the_trainers_pipeline_feeds_the_numpy_stored_view_of_the_same_record(mixed_records):
     pattern, by_label = mixed_records
-    dataset = data.make_dataset(pattern, SIZE, 4, training=True, seed=1, teacher_image_size=TEACHER_SIZE)
+    dataset = data.make_dataset(pattern, SIZE, 4, training=True, seed=1, shuffle_buffer=64, teacher_image_size=TEACHER_SIZE)
     seen = set()
     for batch, targets in dataset.take(8):  # 32 examples: four passes over the 8 records
         for pixels, teacher_pixels, label in zip(batch.numpy(), targets["teacher_images"].numpy(),

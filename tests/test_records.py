@@ -198,3 +198,49 @@ def test_make_record_rejects_bad_shapes():
     bad.logsumexp = np.zeros(2, np.float32)
     with pytest.raises(ValueError, match="logsumexp has shape"):
         records.encode(bad)
+
+
+def _one_hot_distribution(class_ids, logits, logsumexp, num_classes, temperature):
+    """The formula teacher_distribution used before its scatter, in NumPy: an [N, k, C] one-hot of the stored
+    classes, their scores summed into [N, C], the uniform residual's score elsewhere, then a softmax."""
+    log_p = np.asarray(logits, np.float64) - np.asarray(logsumexp, np.float64)[:, None]
+    others = num_classes - log_p.shape[1]
+    residual = np.clip(1.0 - np.exp(log_p).sum(axis=1), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        log_other = np.log(residual / others) if others else np.full(len(log_p), -np.inf)
+    one_hot = np.eye(num_classes)[np.asarray(class_ids)]  # [N, k, C]
+    stored = (one_hot * (log_p / temperature)[:, :, None]).sum(axis=1)
+    scores = np.where(one_hot.sum(axis=1) > 0, stored, (log_other / temperature)[:, None])
+    return _softmax(scores)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 37, 100])
+def test_the_scattered_distribution_equals_the_one_hot_formula(top_k):
+    """On random records (top-k and full logits, k = C = 100) at several temperatures."""
+    items = [_record(top_k=top_k, num_classes=100, views=4, seed=seed)[0] for seed in range(8)]
+    class_ids = np.concatenate([item.class_ids for item in items])
+    logits = np.concatenate([item.logits for item in items])
+    logsumexp = np.concatenate([item.logsumexp for item in items])
+    for temperature in (1.0, 2.0, 4.0):
+        scattered = records.teacher_distribution(class_ids, logits, logsumexp, 100, temperature).numpy()
+        np.testing.assert_allclose(scattered, _one_hot_distribution(class_ids, logits, logsumexp, 100, temperature),
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(scattered, records.teacher_distribution_numpy(class_ids, logits, logsumexp, 100,
+                                                                                 temperature), rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_logits_are_refused_by_the_reader_and_flagged_by_the_graph_parser(tmp_path):
+    good, _ = _record(top_k=4)
+    for name, value in (("logits", np.nan), ("logits", -np.inf), ("logsumexp", np.inf)):
+        bad, _ = _record(top_k=4, seed=1)
+        setattr(bad, name, getattr(bad, name).copy())
+        getattr(bad, name)[2] = value
+        path = str(tmp_path / f"{name}-{value}.tfrecord")
+        records.write_records(path, [good, bad])
+        with pytest.raises(records.RecordError, match=rf"record 1: non-finite teacher {name} \(NaN or infinity\) "
+                                                      r"in view\(s\) \[2\]"):
+            list(records.read_records(path))
+        assert records.read_spec(path) == good.spec
+        flags = [bool(parsed["finite_logits"]) for parsed in
+                 tf.data.TFRecordDataset(path).map(records.tf_parser(good.spec)).as_numpy_iterator()]
+        assert flags == [True, False]

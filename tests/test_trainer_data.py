@@ -28,7 +28,7 @@ def _all_views(pattern, size):
 
 def test_training_batches_replay_stored_views_with_their_teacher_distribution(record_glob):
     candidates = _all_views(record_glob, 32)
-    dataset = data.make_dataset(record_glob, 32, 4, training=True, seed=3, temperature=TEMPERATURE,
+    dataset = data.make_dataset(record_glob, 32, 4, training=True, seed=3, shuffle_buffer=64, temperature=TEMPERATURE,
                                 teacher_image_size=(24, 24))
     matched_views = {}
     for images, targets in dataset.take(6):  # 24 examples = two passes over the 12 records
@@ -48,14 +48,16 @@ def test_training_batches_replay_stored_views_with_their_teacher_distribution(re
 
 
 def test_stream_does_not_depend_on_batch_split(record_glob):
-    whole = next(iter(data.make_dataset(record_glob, 32, 8, training=True, seed=5, temperature=TEMPERATURE)))
-    halves = list(data.make_dataset(record_glob, 32, 4, training=True, seed=5, temperature=TEMPERATURE).take(2))
+    whole = next(iter(data.make_dataset(record_glob, 32, 8, training=True, seed=5, shuffle_buffer=64, temperature=TEMPERATURE,
+                                        deterministic=True)))
+    halves = list(data.make_dataset(record_glob, 32, 4, training=True, seed=5, shuffle_buffer=64, temperature=TEMPERATURE,
+                                    deterministic=True).take(2))
     np.testing.assert_array_equal(whole[0].numpy(), np.concatenate([h[0].numpy() for h in halves]))
     np.testing.assert_array_equal(whole[1]["labels"].numpy(), np.concatenate([h[1]["labels"].numpy() for h in halves]))
 
 
 def test_raw_targets_without_temperature(record_glob):
-    images, targets = next(iter(data.make_dataset(record_glob, 32, 4, training=True, seed=0)))
+    images, targets = next(iter(data.make_dataset(record_glob, 32, 4, training=True, seed=0, shuffle_buffer=64)))
     assert targets["class_ids"].shape == (4, 2) and targets["logits"].shape == (4, 2)
     assert targets["logsumexp"].shape == (4,)
     # best first, and exact log-probabilities: logits - logsumexp <= 0
@@ -82,20 +84,43 @@ def test_images_are_read_from_image_path_when_bytes_are_absent(tmp_path):
     logits = np.asarray(teacher(views.crop_views(image, crops, flips, 24)))
     record = records.make_record("img", 1, ["t"], crops, flips, logits, 5, image_path=str(path))
     records.write_records(str(tmp_path / "r-0"), [record])
-    images, _ = next(iter(data.make_dataset(str(tmp_path / "r-*"), 32, 1, training=True, seed=0)))
+    images, _ = next(iter(data.make_dataset(str(tmp_path / "r-*"), 32, 1, training=True, seed=0, shuffle_buffer=64)))
     expected = views.crop_view(image, crops[0], flips[0], 32).numpy()
     np.testing.assert_allclose(images[0].numpy(), expected, atol=1e-3)
 
 
+def _image_ids(dataset, candidates):
+    """The image id of every example of `dataset`, found by the stored (or centre) view its pixels equal."""
+    ids = []
+    for images, _ in dataset:
+        for image in images.numpy():
+            errors = [np.abs(pixels - image).max() for _, pixels in candidates]
+            assert min(errors) < 1e-3  # every example is a view of a record
+            ids.append(candidates[int(np.argmin(errors))][0])
+    return ids
+
+
 def test_sharding_over_input_pipelines_splits_the_records(record_glob):
+    """One pass of every input pipeline: their records are disjoint and together all 12, each read once; by file
+    with as many files as pipelines (2), by record with more pipelines than files (3); training and eval."""
     import tensorflow as tf
 
-    seen = []
-    for pipeline in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2)
-        dataset = data.make_dataset(record_glob, 32, 6, training=True, seed=0, input_context=context)
-        images = next(iter(dataset))[0].numpy()
-        seen.append({tuple(np.round(img.mean(axis=(0, 1)), 1)) for img in images})
-    assert os.path.basename(record_glob) == "train-*"
-    assert len(seen[0]) > 1 and len(seen[1]) > 1
+    stored = list(records.read_records(record_glob))
+    candidates = [(record.image_id, pixels) for record, _, pixels in _all_views(record_glob, 32)]
+    candidates += [(record.image_id, record_pixels.eval_view(record, 32)) for record in stored]
+    every_id = {record.image_id for record in stored}
+    assert os.path.basename(record_glob) == "train-*" and len(every_id) == 12
+    for pipelines in (2, 3):
+        for training in (True, False):
+            seen = []
+            for pipeline in range(pipelines):
+                context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline,
+                                                     num_replicas_in_sync=pipelines)
+                dataset = data.make_dataset(record_glob, 32, 1, training=training, seed=0, shuffle_buffer=64,
+                                            input_context=context, repeat=False)
+                seen.append(_image_ids(dataset, candidates))
+            where = f"{pipelines} pipelines, training={training}"
+            assert all(len(ids) == len(set(ids)) == 12 // pipelines for ids in seen), (where, seen)
+            assert sum(len(set(ids)) for ids in seen) == len(set().union(*seen)), (where, seen)  # disjoint
+            assert set().union(*seen) == every_id, where  # and together complete
 

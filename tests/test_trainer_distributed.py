@@ -83,8 +83,10 @@ def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, une
     config = _config(record_glob, str(tmp_path / "run"), eval_pattern=uneven_eval_glob, eval_every=3, eval_batch_size=4)
     request = {"mode": "mirrored", "config": config, "weights_out": str(tmp_path / "weights.npz"),
                "initial_out": str(tmp_path / "initial.npz")}
-    result = subprocess.run([sys.executable, HELPER, json.dumps(request)], env=_env(), capture_output=True,
-                            text=True, timeout=300)
+    # TF_DETERMINISTIC_OPS: the training input's interleave then reads in a fixed order (deterministic=False
+    # otherwise), so that both runs see the same stream.
+    result = subprocess.run([sys.executable, HELPER, json.dumps(request)], env=_env(TF_DETERMINISTIC_OPS="1"),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     weights = _weights(request["weights_out"])
     one, two = weights[: len(weights) // 2], weights[len(weights) // 2:]

@@ -51,7 +51,7 @@ def _config(train_glob, model_dir, **overrides):
 
 def test_full_logit_records_give_the_online_teachers_gradients(teacher_model, full_logit_glob):
     teacher = teachers.keras_model_teacher(teacher_model, "tiny")
-    dataset = data.make_dataset(full_logit_glob, 32, 8, training=True, seed=1, temperature=TEMPERATURE,
+    dataset = data.make_dataset(full_logit_glob, 32, 8, training=True, seed=1, shuffle_buffer=64, temperature=TEMPERATURE,
                                 teacher_image_size=teacher.input_size)
     images, targets = next(iter(dataset))
     keras.utils.set_random_seed(0)

@@ -1,19 +1,26 @@
-"""The trainer's input pipeline: soft-label records -> replayed views -> batches.
+"""The trainer's input pipeline: soft-label records -> replayed views -> batches, all in the TF graph.
 
-tf.data over the record files (local paths or gs://, through tf.io.gfile): the files are shuffled and
-read interleaved, the serialized records are shuffled, then each record is parsed with
-`distillery.records.tf_parser`, and its image decoded and one of its V stored views replayed by
-`distillery.record_pixels` (the graph twin of what calibration and the benchmark read; the view is
-`distillery.views.crop_view`, the function extraction used), so the student sees the pixels the teacher
-saw. The view is drawn at random per example and per pass over the data, from a stateless seed
-(seed, input pipeline, position in the stream): the stream is a pure function of the seed, whatever
-the number of replicas it is split over. Batches are prefetched; maps run with AUTOTUNE parallelism.
+tf.data over the record files (local paths or gs://): the files are shuffled and read by a parallel
+interleave (`deterministic=False` in training, so a slow file never stalls the others; evaluation reads
+them in order), each through trainer/record_files.py (TFRecord framing, `distillery.records.tf_parser`,
+the image bytes: stored, else read from image/path with tf.io.read_file), the examples are shuffled, then
+each image is decoded and one of its V stored views replayed by `distillery.record_pixels` (TensorFlow ops
+only, no Python: decoding scales with the cores; the view is `distillery.views.crop_view`, the function
+extraction used), so the student sees the pixels the teacher saw. The view is drawn at random per example
+and per pass over the data, from a stateless seed (seed, input pipeline, the file's visit number, the
+record's index in its file): it depends on which record it is, not on when the interleave delivered it.
+Batches are prefetched; maps run with AUTOTUNE parallelism.
+
+Bad examples never stop the pipeline: a corrupt TFRecord, a record that does not parse, non-finite
+logits, a missing or undecodable image are dropped and counted by reason, and every training batch
+carries the counts of the bad examples met before its examples (`targets["skipped"]` [B, R] and
+`targets["bad_file"]` [B]; trainer/bad_records.py, which the trainer's loop reads at each log interval).
 
 Teacher distributions are rebuilt only by `distillery.records.teacher_distribution` (top-k handled as
 that module documents), vectorized after batching.
 
 Evaluation (`training=False`) reads each file once, in order, takes the centre crop (the view V = 1
-extraction stores) without flip, and yields the labels only.
+extraction stores) without flip, skips bad examples, and yields the labels only.
 
     python -c "from trainer import data; print(next(iter(data.make_dataset('records-*', 128, 8, True, 0, \
 temperature=2.0)))[1]['teacher_probabilities'].shape)"
@@ -26,10 +33,12 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from distillery import record_pixels, records
+from trainer import bad_records, record_files
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULT_SHUFFLE_BUFFER = 1024
+DEFAULT_SHUFFLE_BUFFER = 16384
 DEFAULT_CYCLE_LENGTH = 8
+_VISIT_STRIDE = 1 << 32  # view seeds: visit * stride + record index, unique while files hold < 2**32 records
 
 
 def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int, training: bool, seed: int = 0, *,
@@ -37,7 +46,7 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
                  teacher_image_size: tuple[int, int] | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cycle_length: int = DEFAULT_CYCLE_LENGTH,
                  input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool | None = None) -> tf.data.Dataset:
+                 repeat: bool | None = None, deterministic: bool | None = None) -> tf.data.Dataset:
     """Batches of replayed views with their teacher targets.
 
     Args:
@@ -52,25 +61,32 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
         the raw stored view: `class_ids` [B, k], `logits` [B, k], `logsumexp` [B].
       teacher_image_size: (height, width); when set (online distillation), targets also hold
         `teacher_images` [B, h, w, 3]: the same view cropped at the teacher's input size.
-      shuffle_buffer: records in the shuffle buffer.
-      cycle_length: files read at once.
+      shuffle_buffer: examples in the shuffle buffer.
+      cycle_length: files read at once in training (evaluation reads one after the other).
       input_context: from `strategy.distribute_datasets_from_function`; shards by file when there are
         at least as many files as input pipelines, by record otherwise.
       repeat: repeat forever (default: `training`).
+      deterministic: whether the interleave delivers records in a fixed order (default: not `training`);
+        True makes the stream a pure function of the seed (tests). A process with op determinism on
+        (TF_DETERMINISTIC_OPS=1, tf.config.experimental.enable_op_determinism()) always reads in order.
 
     Returns:
       A dataset of (images [B, S, S, 3] float32 0..255, targets dict). targets always holds `labels`
-      [B] int32 (-1 = unlabeled); see `temperature` and `teacher_image_size` for the rest (training only).
+      [B] int32 (-1 = unlabeled); in training also `skipped` and `bad_file` (trainer/bad_records.py), and
+      see `temperature` and `teacher_image_size` for the rest.
     """
     paths = records.expand_paths(pattern)
     spec = spec or records.read_spec(paths)
     repeat = training if repeat is None else repeat
-    parse = records.tf_parser(spec)
+    deterministic = not training if deterministic is None else deterministic
+    parse_record = records.tf_parser(spec)
     pipelines, pipeline_id = 1, 0
     if input_context is not None:
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    files = tf.data.Dataset.from_tensor_slices({
+        "path": paths, "size": tf.constant(record_files.file_sizes(paths), tf.int64),
+        "index": tf.range(len(paths), dtype=tf.int32)})
     shard_files = pipelines > 1 and len(paths) >= pipelines
     if shard_files:
         files = files.shard(pipelines, pipeline_id)
@@ -78,33 +94,54 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         files = files.repeat()
-    if training:
-        serialized = files.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(paths)),
-                                      num_parallel_calls=AUTOTUNE, deterministic=True)
-    else:
-        serialized = files.flat_map(tf.data.TFRecordDataset)
-    if pipelines > 1 and not shard_files:
-        serialized = serialized.shard(pipelines, pipeline_id)
-    if training:
-        serialized = serialized.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    files = files.enumerate().map(lambda visit, file: dict(file, visit=visit))
     view_seed = tf.constant(seed, tf.int64) * 1_000_003 + pipeline_id
 
-    def replay(position: tf.Tensor, example: tf.Tensor):
-        parsed = parse(example)
-        image = record_pixels.decode_tensor(parsed["encoded_image"], parsed["image_path"])
-        label = tf.cast(parsed["label"], tf.int32)
-        if not training:
-            return record_pixels.eval_view_tensor(image, image_size), {"labels": label}
-        view = tf.random.stateless_uniform([], seed=tf.stack([view_seed, position]), minval=0,
-                                           maxval=spec.num_views, dtype=tf.int32)
-        crop, flip = parsed["crops"][view], parsed["flips"][view]
-        targets = {"labels": label, "class_ids": parsed["class_ids"][view], "logits": parsed["logits"][view],
-                   "logsumexp": parsed["logsumexp"][view]}
-        if teacher_image_size is not None:
-            targets["teacher_images"] = record_pixels.view_tensor(image, crop, flip, teacher_image_size)
-        return record_pixels.view_tensor(image, crop, flip, image_size), targets
+    def parse(serialized: tf.Tensor, record_index: tf.Tensor, visit: tf.Tensor) -> dict:
+        parsed = parse_record(serialized)
+        fields = {name: parsed[name] for name in ("encoded_image", "image_path", "finite_logits")}
+        fields["label"] = tf.cast(parsed["label"], tf.int32)
+        if training:  # the view is chosen here, so that the shuffle buffer holds one view's targets
+            view = tf.random.stateless_uniform([], seed=tf.stack([view_seed, visit * _VISIT_STRIDE + record_index]),
+                                               minval=0, maxval=spec.num_views, dtype=tf.int32)
+            fields.update(crop=parsed["crops"][view], flip=parsed["flips"][view],
+                          class_ids=parsed["class_ids"][view], logits=parsed["logits"][view],
+                          logsumexp=parsed["logsumexp"][view])
+        return fields
 
-    dataset = serialized.enumerate().map(replay, num_parallel_calls=AUTOTUNE)
+    record_shards = (pipelines, pipeline_id) if pipelines > 1 and not shard_files else (1, 0)
+    blank = record_files.blank_record(spec)
+    examples = files.interleave(lambda file: record_files.read_file(file, parse, blank, *record_shards),
+                                cycle_length=min(cycle_length, len(paths)) if training else 1,
+                                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if training:
+        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def replay(position: tf.Tensor, element: dict):
+        image_format = record_pixels.image_format_tensor(element["image"])
+        status = tf.where(tf.equal(element["status"], bad_records.GOOD)
+                          & tf.equal(image_format, record_pixels.UNSUPPORTED),
+                          bad_records.status_of("undecodable_image"), element["status"])
+        image = tf.cond(tf.equal(status, bad_records.GOOD),
+                        lambda: record_pixels.decode_image_tensor(element["image"], image_format),
+                        lambda: tf.zeros([1, 1, 3], tf.uint8))  # a bad example: dropped after counting
+        meta = {name: element[name] for name in ("counts", "totals", "file_index")}
+        meta["status"] = status
+        if not training:
+            return position, record_pixels.eval_view_tensor(image, image_size), {"labels": element["label"]}, meta
+        targets = {"labels": element["label"], "class_ids": element["class_ids"], "logits": element["logits"],
+                   "logsumexp": element["logsumexp"]}
+        if teacher_image_size is not None:
+            targets["teacher_images"] = record_pixels.view_tensor(image, element["crop"], element["flip"],
+                                                                  teacher_image_size)
+        return position, record_pixels.view_tensor(image, element["crop"], element["flip"], image_size), targets, meta
+
+    # Decoding keeps the stream's order, so the positions of the images it failed on (dropped by
+    # ignore_errors, which logs each error) show as gaps; count_and_drop counts them and every other reason.
+    replayed = bad_records.number(examples).map(replay, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = bad_records.count_and_drop(replayed.ignore_errors(log_warning=True))
+    if not training:
+        dataset = dataset.map(lambda images, targets: (images, {"labels": targets["labels"]}))
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
     if training and temperature is not None:
         def to_probabilities(images, targets):

@@ -43,6 +43,8 @@ class LoopState:
       logged: whether this step ended a logging interval.
       terms: the terms of the last logged interval ({} before the first line).
       stop_reason: None while running; the reason once a hook asked to stop (or "end_step").
+      outputs: what step_fn returned for this step (tensors: reading one waits for the device; the
+        non-finite loss check and the bad-record counts read them at log steps).
     """
 
     step: int
@@ -51,6 +53,7 @@ class LoopState:
     logged: bool = False
     terms: dict = dataclasses.field(default_factory=dict)
     stop_reason: str | None = None
+    outputs: Mapping = dataclasses.field(default_factory=dict)
 
     def request_stop(self, reason: str) -> None:
         """Stops the loop after this step's hooks (the first reason given is kept)."""
@@ -134,6 +137,7 @@ def run_steps(step_fn: StepFunction, iterator: Iterator, start_step: int, end_st
     while state.step < end_step and state.stop_reason is None:
         outputs = step_fn(iterator)
         state.step += 1
+        state.outputs = outputs
         interval.add(outputs, timed=timing_start is not None)
         if timing_start is None:  # the first step traced the step function: time from its end
             timing_start = interval.restart_clock()

@@ -35,7 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from distillery import atomic_files, records
-from trainer import checkpointing, cluster_resolver, driver, eval_hook, export, resume, students, task
+from trainer import bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, resume, students, task
 from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -230,7 +230,10 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
                  config.image_size, spec.num_classes, config.steps, config.batch_size, replicas,
                  "online" if distillation.online else "offline", config.alpha, config.temperature)
     evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief)
-    hooks = ([driver.StepCallback(after_step)] if after_step is not None else []) + [keeper]
+    # Before the checkpointing hook: a non-finite loss or too many bad records stop the run before it saves.
+    skipped = bad_records.BadRecordLimit(records.expand_paths(config.train_pattern), config.max_bad_fraction, writer)
+    guards = [loss_guard.FiniteLoss(config.checkpoint_every), skipped]
+    hooks = ([driver.StepCallback(after_step)] if after_step is not None else []) + guards + [keeper]
     hooks += [evaluation] if evaluation is not None else []
     totals = driver.run_steps(train_step, iterator, resumed_from, config.steps, batch_size=config.batch_size,
                               log_every=config.log_every, summarize=distillation.interval_terms, writer=writer, hooks=hooks)
@@ -245,7 +248,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         "optimizer_iterations": int(optimizer.iterations.numpy()),
         "steps_per_second": totals.steps_per_second, "images_per_second": totals.images_per_second,
         "alpha": config.alpha, "temperature": config.temperature, "loss": totals.terms,
-        "record_spec": dataclasses.asdict(spec),
+        "record_spec": dataclasses.asdict(spec), "skipped": skipped.skipped(),
     }
     if config.eval_pattern:
         result = evaluation.results.get(summary["steps"]) if evaluation is not None else None

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from distillery import records
-from trainer import data, losses, students
+from trainer import bad_records, data, losses, students
 
 
 def make_optimizer(name: str, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
@@ -69,12 +69,12 @@ def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer,
         correct = tf.cast(tf.math.in_top_k(tf.maximum(labels, 0), student_logits, 1), tf.float32) * labeled
         return {"loss": tf.reduce_sum(per_example), "cross_entropy": tf.reduce_sum(cross_entropy),
                 "kl_divergence": tf.reduce_sum(kl_divergence), "labeled": tf.reduce_sum(labeled),
-                "correct": tf.reduce_sum(correct), "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
+                "correct": tf.reduce_sum(correct), "examples": tf.cast(tf.shape(labels)[0], tf.float32),
+                **bad_records.step_outputs(targets)}  # the skipped bad records the batch carries
 
     def step(images, targets):
         per_replica = strategy.run(replica_step, args=(images, targets))
-        return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-                for name, value in per_replica.items()}
+        return bad_records.reduce_step_outputs(strategy, per_replica)  # summed (SUM), but the bad file's index
 
     return step
 

@@ -9,7 +9,7 @@ import dataclasses
 
 from distillery import saved_model_check
 from distillery.cli import option
-from trainer import data, students
+from trainer import bad_records, data, students
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -42,6 +42,10 @@ class TrainConfig:
     max_checkpoints: int = option(3, help="Checkpoints kept.")
     seed: int = option(0, help="Seed of initialization, shuffling and view choices.")
     shuffle_buffer: int = option(data.DEFAULT_SHUFFLE_BUFFER, help="Records in the shuffle buffer.")
+    max_bad_fraction: float = option(bad_records.DEFAULT_MAX_BAD_FRACTION, lower_bound=0.0,
+                                     help="Bad records (corrupt, unparsable, non-finite logits, missing or undecodable "
+                                          "image) are skipped and counted; the run stops once more than this fraction "
+                                          "of the examples seen are bad (checked at each log line).")
     eval_batch_size: int = option(100, help="Global batch size of the evaluations (over all replicas).")
     eval_every: int = option(0, lower_bound=0, help="Evaluate on --eval every N steps (on every replica), write "
                                                     "eval/top1 and eval/top5 under logs/eval and keep the best "
