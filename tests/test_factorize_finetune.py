@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from factorize_fixtures import tiny_model, write_tiny_records
+from top1_check import independent_top1
 
 from compress import factorize, finetune
 
@@ -79,7 +80,9 @@ def test_oneshot_trains_all_weights_and_lowers_the_distillation_loss(record_glob
     losses = [float(line.split(" loss ")[1].split()[0]) for line in lines if " loss " in line]
     assert losses[-1] < losses[0]  # the soft labels are the original model's: fine-tuning moves back towards it
     top1 = finetune.evaluate_top1(tuned, record_glob, batch_size=8)
-    assert 0.0 <= top1 <= 1.0
+    assert top1 == pytest.approx(independent_top1(tuned, record_glob)[0])
+    # Fine-tuned towards the original model's own outputs (its argmax is the label), it agrees with most.
+    assert top1 >= 0.75
     # The original model's top-1 on its own argmax labels is exactly 1 (same centre-crop pixels).
     assert finetune.evaluate_top1(model, record_glob, batch_size=8) == 1.0
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import trainer_fixtures as fixtures
+from top1_check import independent_top1
 
 HELPER = os.path.join(os.path.dirname(__file__), "trainer_subprocess_main.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,19 +53,6 @@ def uneven_eval_glob(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("eval"))
     return fixtures.write_tiny_records(directory, fixtures.tiny_teacher_model(), num_files=3, per_file=5,
                                        num_views=1, prefix="eval", first_index=300, unlabeled_every=4)
-
-
-def _independent_top1(model_path, pattern):
-    """(top-1, labelled images) of a saved student on the records' centre crops, outside the trainer."""
-    import keras
-
-    from distillery import record_pixels, records
-
-    model = keras.saving.load_model(model_path)
-    labelled = [record for record in records.read_records(pattern) if record.label >= 0]
-    images = np.stack([record_pixels.eval_view(record, int(model.inputs[0].shape[1])) for record in labelled])
-    predicted = np.argmax(model.predict(images, verbose=0), axis=1)
-    return float(np.mean(predicted == [record.label for record in labelled])), len(labelled)
 
 
 def _eval_scalars(log_dir):
@@ -141,7 +129,7 @@ def test_two_worker_processes_finish_with_identical_weights(record_glob, uneven_
     assert summary["replicas"] == 2 and summary["steps"] == 6 and summary["strategy"] == "MultiWorkerMirroredStrategy"
     # Each worker evaluated its shard (10 records on one, 5 on the other) and the counts were summed.
     assert summary["eval_images"] == 11  # 15 records, 4 of them unlabelled (every 4th index)
-    top1, labelled = _independent_top1(os.path.join(model_dir, "student.keras"), uneven_eval_glob)
+    top1, labelled = independent_top1(os.path.join(model_dir, "student.keras"), uneven_eval_glob)
     assert summary["top1"] == pytest.approx(top1) and labelled == 11
     assert [step for step, _ in _eval_scalars(os.path.join(model_dir, "logs", "eval"))["eval/top1"]] == [3, 6]
     best = json.load(open(os.path.join(model_dir, "best", "best.json")))

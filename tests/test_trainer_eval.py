@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import trainer_fixtures as fixtures
+from top1_check import independent_top1
 
 from distillery import record_pixels, records
 from trainer import driver, eval_hook, loop, students
@@ -31,15 +32,6 @@ def record_globs(tmp_path_factory):
     evaluation = fixtures.write_tiny_records(directory, teacher, num_files=1, per_file=14, num_views=1, prefix="eval",
                                              first_index=500, unlabeled_every=4)
     return train, evaluation
-
-
-def independent_top1(model: keras.Model, pattern: str) -> tuple[float, int]:
-    """Top-1 of a Keras model on the labelled records' centre crops (record_pixels' NumPy view, model.predict)."""
-    labelled = [record for record in records.read_records(pattern) if record.label >= 0]
-    size = int(model.inputs[0].shape[1])
-    images = np.stack([record_pixels.eval_view(record, size) for record in labelled])
-    predicted = np.argmax(model.predict(images, verbose=0), axis=1)
-    return float(np.mean(predicted == [record.label for record in labelled])), len(labelled)
 
 
 def _read_scalars(directory):
