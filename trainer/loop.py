@@ -103,6 +103,12 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
             raise TrainInputError(f"{flag} must be positive, got {value}")
     if not 0.0 <= config.alpha <= 1.0:
         raise TrainInputError(f"--alpha must be in [0, 1], got {config.alpha}")
+    if not 0 <= config.warmup_steps < config.steps:
+        raise TrainInputError(f"--warmup_steps must be in [0, --steps={config.steps}), got {config.warmup_steps}")
+    if config.weight_decay < 0:
+        raise TrainInputError(f"--weight_decay must be >= 0, got {config.weight_decay}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise TrainInputError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.eval_every < 0:
         raise TrainInputError(f"--eval_every must be >= 0, got {config.eval_every}")
     if config.eval_every and not config.eval_pattern:
@@ -129,7 +135,9 @@ def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=Non
     return task.DistillationTask(
         train_pattern=config.train_pattern, image_size=config.image_size, global_batch_size=config.batch_size,
         alpha=config.alpha, temperature=config.temperature, student=config.student, width=config.width,
-        num_classes=spec.num_classes, optimizer=config.optimizer, learning_rate=config.learning_rate, teacher=teacher,
+        num_classes=spec.num_classes, optimizer=config.optimizer, learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+        teacher=teacher,
         spec=spec, seed=config.seed, shuffle_buffer=config.shuffle_buffer, eval_pattern=config.eval_pattern,
         eval_batch_size=config.eval_batch_size)
 
@@ -203,7 +211,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
 
     with strategy.scope():
         student = distillation.build_model()
-        optimizer = distillation.create_optimizer(config.steps)
+        optimizer = distillation.create_optimizer(config.steps, student.trainable_variables)
         optimizer.build(student.trainable_variables)  # slots exist before a restore
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, step=step)

@@ -11,6 +11,10 @@ zero, the distillation term keeps its (1 - alpha) * T^2 weight (no renormalizati
 unlabeled example weigh the same on the soft term and a batch's weighting does not depend on how many
 of its examples are labeled).
 
+Label smoothing (Szegedy et al. 2016, "Rethinking the Inception Architecture", section 7) applies to the
+hard-label term only: with smoothing e over C classes its target is (1 - e) * onehot(y) + e / C; the
+teacher's distribution is already soft and is left as it is.
+
 The losses are per example; the train step sums them and divides by the *global* batch size
 (`tf.nn.compute_average_loss`), so the gradient is the same on one replica or many.
 
@@ -24,7 +28,7 @@ import tensorflow as tf
 
 
 def distillation_terms(labels: tf.Tensor, student_logits: tf.Tensor, teacher_probabilities: tf.Tensor,
-                       temperature: float) -> tuple[tf.Tensor, tf.Tensor]:
+                       temperature: float, label_smoothing: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
     """The two unweighted per-example terms.
 
     Args:
@@ -32,6 +36,7 @@ def distillation_terms(labels: tf.Tensor, student_logits: tf.Tensor, teacher_pro
       student_logits: [N, C] float logits.
       teacher_probabilities: [N, C] the teacher distribution at `temperature` (rows sum to 1).
       temperature: T > 0.
+      label_smoothing: e in [0, 1): the hard-label target is (1 - e) * onehot(y) + e / C.
 
     Returns:
       (cross_entropy [N], kl_divergence [N]) float32: CE(y, softmax(z)) (0 where the label is -1) and
@@ -41,8 +46,14 @@ def distillation_terms(labels: tf.Tensor, student_logits: tf.Tensor, teacher_pro
     teacher_probabilities = tf.cast(teacher_probabilities, tf.float32)
     labels = tf.cast(labels, tf.int32)
     labeled = labels >= 0
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.where(labeled, labels, tf.zeros_like(labels)), logits=student_logits)
+    safe_labels = tf.where(labeled, labels, tf.zeros_like(labels))
+    if label_smoothing:
+        num_classes = tf.shape(student_logits)[-1]
+        targets = (1.0 - label_smoothing) * tf.one_hot(safe_labels, num_classes) + label_smoothing / tf.cast(
+            num_classes, tf.float32)
+        cross_entropy = -tf.reduce_sum(targets * tf.nn.log_softmax(student_logits, axis=-1), axis=-1)
+    else:
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=student_logits)
     cross_entropy = tf.where(labeled, cross_entropy, tf.zeros_like(cross_entropy))
     student_log_probabilities = tf.nn.log_softmax(student_logits / temperature, axis=-1)
     # xlogy gives 0 * log 0 = 0 for classes the teacher gives no mass.
@@ -53,8 +64,8 @@ def distillation_terms(labels: tf.Tensor, student_logits: tf.Tensor, teacher_pro
 
 
 def distillation_loss(labels: tf.Tensor, student_logits: tf.Tensor, teacher_probabilities: tf.Tensor,
-                      alpha: float, temperature: float) -> tf.Tensor:
-    """Per-example KD loss: alpha * CE(label) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+                      alpha: float, temperature: float, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Per-example KD loss: alpha * CE(smoothed label) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
 
     Args:
       labels: [N] int hard labels; -1 marks an unlabeled example, which contributes only
@@ -64,6 +75,7 @@ def distillation_loss(labels: tf.Tensor, student_logits: tf.Tensor, teacher_prob
         (`distillery.records.teacher_distribution` for stored views, softmax(logits / T) online).
       alpha: weight of the hard-label term, in [0, 1].
       temperature: T > 0.
+      label_smoothing: e in [0, 1) on the hard-label term only (0: the plain label).
 
     Returns:
       [N] float32 losses (not averaged: divide their sum by the global batch size).
@@ -72,5 +84,8 @@ def distillation_loss(labels: tf.Tensor, student_logits: tf.Tensor, teacher_prob
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    cross_entropy, kl_divergence = distillation_terms(labels, student_logits, teacher_probabilities, temperature)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    cross_entropy, kl_divergence = distillation_terms(labels, student_logits, teacher_probabilities, temperature,
+                                                      label_smoothing)
     return alpha * cross_entropy + (1.0 - alpha) * temperature**2 * kl_divergence

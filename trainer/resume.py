@@ -7,11 +7,12 @@ the run's checkpoints and outputs, `OUTPUT_NAMES`, and starts over).
 
 Fixed (`FIXED`, and the data and classes the records give): --student, --width, --image_size, the
 classes, --teacher (offline or online, and which teacher), --alpha, --temperature, --optimizer (its
-slots are in the checkpoint) and the training data: --train, the files it matches and their record spec.
-May change (`MAY_CHANGE`): --steps (train longer; the cosine decay is then spread over the new --steps),
---batch_size and --learning_rate, the log, checkpoint and eval intervals, --eval and its batch size,
---seed and --shuffle_buffer (the resumed stream is reseeded anyway), --max_checkpoints, the strategy and
-its replicas; the changes are logged. A setting in neither list counts as fixed.
+slots are in the checkpoint), the recipe settings that change what the weights are (--weight_decay,
+--label_smoothing, --ema_decay, --mixed_precision) and the training data: --train, the files it matches
+and their record spec. May change (`MAY_CHANGE`): --steps (train longer; the cosine decay is then spread
+over the new --steps), --batch_size, --learning_rate and --warmup_steps, the log, checkpoint and eval
+intervals, --eval and its batch size, --seed and --shuffle_buffer (the resumed stream is reseeded anyway),
+--max_checkpoints, the strategy and its replicas; the changes are logged. A setting in neither list counts as fixed.
 
     python -c "from trainer import resume; print(resume.FIXED, resume.MAY_CHANGE)"
 """
@@ -31,8 +32,10 @@ from trainer.train_config import TrainConfig
 
 RUN_CONFIG = "run_config.json"
 FORMAT = 1
-FIXED = ("train_pattern", "student", "width", "image_size", "teacher", "alpha", "temperature", "optimizer")
-MAY_CHANGE = ("model_dir", "overwrite", "steps", "batch_size", "learning_rate", "checkpoint_every", "log_every",
+FIXED = ("train_pattern", "student", "width", "image_size", "teacher", "alpha", "temperature", "optimizer",
+         "weight_decay", "label_smoothing")
+MAY_CHANGE = ("model_dir", "overwrite", "steps", "batch_size", "learning_rate", "warmup_steps", "checkpoint_every",
+              "log_every",
               "max_checkpoints", "eval_pattern", "eval_batch_size", "eval_every", "seed", "shuffle_buffer",
               "num_classes", "trust_saved_model", "max_bad_fraction")
 # What --overwrite removes: every file and folder a run writes into its model_dir.
@@ -72,7 +75,7 @@ def has_checkpoint(model_dir: str) -> bool:
 def differences(old: dict, new: dict) -> list[str]:
     """`--flag: old (old) vs new (new)` for every fixed setting that differs."""
     found = []
-    old_config, new_config = old.get("config", {}), new["config"]
+    old_config, new_config = _with_defaults(old.get("config", {})), new["config"]
     fixed = [name for name in new_config if name not in MAY_CHANGE]
     for name in fixed:
         if old_config.get(name) != new_config[name]:
@@ -94,7 +97,7 @@ def differences(old: dict, new: dict) -> list[str]:
 
 def allowed_changes(old: dict, new: dict) -> list[str]:
     """`--flag: old -> new` for every setting that may change and did (model_dir and overwrite left out)."""
-    old_config, new_config = old.get("config", {}), new["config"]
+    old_config, new_config = _with_defaults(old.get("config", {})), new["config"]
     return [f"{_flag(name)}: {old_config.get(name)!r} -> {new_config[name]!r}" for name in MAY_CHANGE
             if name in new_config and name not in ("model_dir", "overwrite") and old_config.get(name) != new_config[name]]
 
@@ -153,6 +156,13 @@ def finished_summary(model_dir: str) -> dict | None:
         return None
     with tf.io.gfile.GFile(path) as handle:
         return json.load(handle)
+
+
+def _with_defaults(old_config: dict) -> dict:
+    """An older run's settings with the defaults of the fields it predates (its run used those)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)
+                if field.default is not dataclasses.MISSING}
+    return {**{name: value for name, value in defaults.items() if name not in old_config}, **old_config}
 
 
 def _flag(name: str) -> str:

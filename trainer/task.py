@@ -28,20 +28,24 @@ import numpy as np
 import tensorflow as tf
 
 from distillery import records
-from trainer import bad_records, data, losses, students
+from trainer import bad_records, data, losses, schedules, students, weight_decay
 
 
-def make_optimizer(name: str, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
-    """`name` (adam, or sgd with Nesterov momentum 0.9) with a cosine decay of `learning_rate` over
-    `steps`; the trainer and the factorize job's fine-tuning share it."""
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int = 0,
+                   decoupled_weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """`name` (adam, or sgd with Nesterov momentum 0.9) with `warmup_steps` of linear warmup to
+    `learning_rate` and a cosine decay over the rest of `steps` (trainer/schedules.py), and decoupled
+    weight decay when given (AdamW / SGD's weight_decay; trainer/weight_decay.py says which variables);
+    the trainer and the factorize job's fine-tuning share it."""
+    schedule = schedules.warmup_cosine(learning_rate, steps, warmup_steps)
+    decay = decoupled_weight_decay or None
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=decay)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=decay)
 
 
 def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-                    global_batch_size: int, alpha: float, temperature: float, teacher=None):
+                    global_batch_size: int, alpha: float, temperature: float, teacher=None, label_smoothing: float = 0.0):
     """The per-replica step, run by `strategy.run`; returns the replicas' loss sums reduced (SUM).
 
     The returned function takes a distributed batch (images, targets) and must be called inside a
@@ -57,7 +61,8 @@ def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer,
             teacher_probabilities = targets["teacher_probabilities"]
         with tf.GradientTape() as tape:
             student_logits = student(images, training=True)
-            per_example = losses.distillation_loss(labels, student_logits, teacher_probabilities, alpha, temperature)
+            per_example = losses.distillation_loss(labels, student_logits, teacher_probabilities, alpha, temperature,
+                                                   label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if student.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(student.losses))
@@ -146,7 +151,9 @@ class DistillationTask:
       global_batch_size: examples per step over all replicas.
       alpha, temperature: the distillation loss (hard-label weight, T).
       student, width, num_classes: what build_model builds (num_classes None: the records').
-      optimizer, learning_rate: what create_optimizer makes (cosine decay to 0).
+      optimizer, learning_rate, warmup_steps, weight_decay: what create_optimizer makes (linear warmup,
+        cosine decay to 0, decoupled weight decay of the kernels).
+      label_smoothing: on the hard-label term of the loss.
       teacher: online mode: a teacher run inside the step (None: offline, from the records).
       spec: the records' RecordSpec (read from the files when None).
       seed: the data order and the view choices.
@@ -164,6 +171,9 @@ class DistillationTask:
     num_classes: int | None = None
     optimizer: str = "sgd"
     learning_rate: float = 0.05
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     teacher: object = None
     spec: records.RecordSpec | None = None
     seed: int = 0
@@ -185,8 +195,11 @@ class DistillationTask:
         num_classes = self.num_classes or self.record_spec().num_classes
         return students.build_student(self.student, self.width, self.image_size, num_classes)
 
-    def create_optimizer(self, decay_steps: int) -> keras.optimizers.Optimizer:
-        return make_optimizer(self.optimizer, self.learning_rate, decay_steps)
+    def create_optimizer(self, decay_steps: int, variables=()) -> keras.optimizers.Optimizer:
+        """The optimizer (not built); weight decay leaves the rank-0/1 `variables` (biases, batch norm) alone."""
+        optimizer = make_optimizer(self.optimizer, self.learning_rate, decay_steps, self.warmup_steps, self.weight_decay)
+        weight_decay.exclude_norms_and_biases(optimizer, list(variables))
+        return optimizer
 
     def build_inputs(self, strategy: tf.distribute.Strategy | None = None, seed_offset: int = 0):
         """An endless iterator of training batches: per replica under `strategy`, plain batches without one.
@@ -213,7 +226,8 @@ class DistillationTask:
         `step_counter` (the checkpointed step variable) is incremented in the same graph.
         """
         replica_step = make_train_step(model, optimizer, strategy or tf.distribute.get_strategy(),
-                                       self.global_batch_size, self.alpha, self.temperature, self.teacher)
+                                       self.global_batch_size, self.alpha, self.temperature, self.teacher,
+                                       self.label_smoothing)
 
         @tf.function
         def train_step(iterator):

@@ -35,6 +35,12 @@ class TrainConfig:
     steps: int = option(1000, help="Number of training steps.")
     learning_rate: float = option(0.05, help="Peak learning rate (cosine decay to 0 over --steps).")
     optimizer: str = option("sgd", choices=OPTIMIZERS, help="sgd (Nesterov momentum 0.9) or adam.")
+    warmup_steps: int = option(0, lower_bound=0, help="Steps of linear warmup from 0 to --learning_rate before the "
+                                                      "cosine decay over the remaining steps.")
+    weight_decay: float = option(0.0, lower_bound=0.0, help="Decoupled weight decay (each step w -= lr * wd * w; "
+                                                            "adam: AdamW) of the kernels, not of biases or batch norm.")
+    label_smoothing: float = option(0.0, lower_bound=0.0, help="Label smoothing of the hard-label term, in [0, 1) "
+                                                               "(the teacher's distribution is left as it is).")
     alpha: float = option(0.5, help="Weight of the hard-label cross-entropy term.")
     temperature: float = option(4.0, help="Distillation temperature T.")
     checkpoint_every: int = option(500, help="Checkpoint interval in steps (0: at the end).")

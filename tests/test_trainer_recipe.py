@@ -1,0 +1,158 @@
+"""The training recipe settings: warmup, decoupled weight decay, label smoothing, EMA, mixed precision, XLA, sync BN.
+
+    .venv/bin/python -m pytest -q -p no:xdist tests/test_trainer_recipe.py
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import trainer_fixtures as fixtures
+
+from trainer import losses, resume, schedules, students, task, weight_decay
+from trainer.train_config import TrainConfig
+
+
+def test_warmup_rises_linearly_to_the_peak_then_decays_by_cosine_over_the_rest():
+    peak, steps, warmup = 0.4, 100, 10
+    schedule = schedules.warmup_cosine(peak, steps, warmup)
+    for step in (0, 1, 5, 9, 10, 11, 40, 55, 99, 100):
+        if step < warmup:
+            expected = peak * step / warmup
+        else:
+            expected = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7), step
+    plain = schedules.warmup_cosine(peak, steps, 0)
+    assert float(plain(0)) == pytest.approx(peak) and float(plain(50)) == pytest.approx(peak / 2, rel=1e-5)
+    with pytest.raises(ValueError):
+        schedules.warmup_cosine(peak, steps, steps)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_weight_decay_shrinks_kernels_by_lr_times_wd_and_leaves_batch_norm_and_biases(name):
+    keras.utils.set_random_seed(0)
+    student = students.build_student("mobilenet_v1", 0.25, 32, fixtures.NUM_CLASSES)
+    learning_rate, decay = 0.1, 0.05
+    distillation = task.DistillationTask("unused", 32, 4, 0.5, 2.0, optimizer=name, learning_rate=learning_rate,
+                                         weight_decay=decay)
+    optimizer = distillation.create_optimizer(10, student.trainable_variables)
+    optimizer.build(student.trainable_variables)
+    before = {variable.path: np.array(variable) for variable in student.trainable_variables}
+    optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in student.trainable_variables])
+    kernels = {variable.path for variable in weight_decay.decayed(student.trainable_variables)}
+    assert any("bn" in path and path.endswith("gamma") for path in before)
+    assert any(path.endswith("bias") for path in before)
+    for variable in student.trainable_variables:
+        old = before[variable.path]
+        if variable.path in kernels:
+            np.testing.assert_allclose(np.array(variable), old - learning_rate * decay * old, rtol=1e-6, atol=1e-9)
+        else:
+            np.testing.assert_array_equal(np.array(variable), old, err_msg=variable.path)
+    assert kernels and len(kernels) < len(before)
+
+
+def test_label_smoothing_applies_to_the_hard_label_term_only():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 5)).astype(np.float32)
+    teacher = rng.dirichlet(np.ones(5), size=4).astype(np.float32)
+    labels = np.array([0, 3, -1, 4])
+    alpha, temperature, smoothing = 0.3, 2.0, 0.1
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    targets = np.full((4, 5), smoothing / 5)
+    targets[np.arange(4), np.maximum(labels, 0)] += 1 - smoothing
+    cross_entropy = -(targets * log_softmax(logits)).sum(-1) * (labels >= 0)
+    kl = (teacher * (np.log(teacher) - log_softmax(logits / temperature))).sum(-1)
+    expected = alpha * cross_entropy + (1 - alpha) * temperature**2 * kl
+    got = losses.distillation_loss(labels, logits, teacher, alpha, temperature, label_smoothing=smoothing)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    plain = losses.distillation_loss(labels, logits, teacher, alpha, temperature)
+    assert got.numpy()[2] == pytest.approx(plain.numpy()[2])  # an unlabeled example: the same soft term
+    assert not np.allclose(got.numpy()[[0, 1, 3]], plain.numpy()[[0, 1, 3]])
+
+
+def test_the_recipe_settings_that_change_the_weights_are_checked_on_resume():
+    for name in ("weight_decay", "label_smoothing"):
+        assert name in resume.FIXED, name
+    assert "warmup_steps" in resume.MAY_CHANGE
+    older = {"config": {"student": "small_cnn"}}  # a run_config.json written before these fields existed
+    new = {"config": {"student": "small_cnn", "weight_decay": 0.0, "label_smoothing": 0.0}, "classes": None,
+           "record_spec": None, "train_files": []}
+    assert resume.differences({**older, "classes": None, "record_spec": None}, new) == []
+    changed = {**new, "config": {**new["config"], "weight_decay": 0.05}}
+    assert any("--weight_decay" in line for line in resume.differences(new, changed))
+    assert TrainConfig.__dataclass_fields__["weight_decay"].default == 0.0
+
+
+@pytest.fixture(scope="module")
+def record_glob(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("records"))
+    return fixtures.write_tiny_records(directory, fixtures.tiny_teacher_model(), num_files=2, per_file=8,
+                                       num_views=2, unlabeled_every=3)
+
+
+def _config(train_glob, model_dir, **overrides):
+    values = dict(train_pattern=train_glob, model_dir=str(model_dir), student="small_cnn", width=0.25, image_size=32,
+                  batch_size=4, steps=4, learning_rate=0.1, checkpoint_every=0, log_every=2, temperature=2.0,
+                  shuffle_buffer=16)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _train_recording(config, monkeypatch):
+    """Trains; returns (the summary, the student's trainable weights at build and after each step)."""
+    from trainer import loop
+
+    built, recorded = [], []
+    build_model = task.DistillationTask.build_model
+
+    def recording_build_model(self):
+        model = build_model(self)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(task.DistillationTask, "build_model", recording_build_model)
+
+    def after_step(step):
+        del step
+        recorded.append([np.array(variable) for variable in built[-1].trainable_variables])
+
+    initial = None
+    original_restore = loop.checkpointing.CheckpointKeeper.restore
+
+    def recording_restore(self, from_checkpoint=True):
+        nonlocal initial
+        restored = original_restore(self, from_checkpoint)
+        initial = [np.array(variable) for variable in built[-1].trainable_variables]
+        return restored
+
+    monkeypatch.setattr(loop.checkpointing.CheckpointKeeper, "restore", recording_restore)
+    summary = loop.train(config, after_step=after_step)
+    return summary, initial, recorded
+
+
+def test_the_exported_student_is_the_ema_of_the_weights_after_each_step_and_a_resume_continues_it(
+        record_glob, tmp_path, monkeypatch):
+    decay = 0.6
+    config = _config(record_glob, tmp_path / "ema", steps=2, ema_decay=decay, checkpoint_every=1)
+    _, initial, first = _train_recording(config, monkeypatch)
+    summary, _, second = _train_recording(dataclasses.replace(config, steps=4), monkeypatch)
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
+    average = initial
+    for weights in first + second:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights)]
+    exported = keras.saving.load_model(str(tmp_path / "ema" / "student.keras"))
+    assert len(exported.trainable_variables) == len(average)
+    for variable, expected, last in zip(exported.trainable_variables, average, second[-1]):
+        np.testing.assert_allclose(np.array(variable), expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(expected, last)  # not simply the last weights
+    refused = dataclasses.replace(config, steps=6, ema_decay=0.9)
+    from trainer import loop
+    with pytest.raises(loop.TrainInputError, match="--ema_decay"):
+        loop.train(refused)
