@@ -36,6 +36,7 @@ from absl import logging
 
 from distillery import atomic_files, records
 from trainer import bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, resume, students, task
+from trainer.ema import WeightAverage
 from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -109,6 +110,8 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
         raise TrainInputError(f"--weight_decay must be >= 0, got {config.weight_decay}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise TrainInputError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise TrainInputError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
     if config.eval_every < 0:
         raise TrainInputError(f"--eval_every must be >= 0, got {config.eval_every}")
     if config.eval_every and not config.eval_pattern:
@@ -213,8 +216,10 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         student = distillation.build_model()
         optimizer = distillation.create_optimizer(config.steps, student.trainable_variables)
         optimizer.build(student.trainable_variables)  # slots exist before a restore
+        average = WeightAverage(student.trainable_variables, config.ema_decay) if config.ema_decay else None
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, step=step)
+    checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, step=step,
+                                     **({"weight_average": average} if average is not None else {}))
     keeper = checkpointing.CheckpointKeeper(checkpoint, step, config.model_dir, output_dir, strategy,
                                             config.checkpoint_every, config.max_checkpoints)
     resumed_from = keeper.restore(from_checkpoint=not config.overwrite)
@@ -230,7 +235,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     if chief:
         resume.write(config.model_dir, settings)
     iterator = distillation.build_inputs(strategy, seed_offset=resumed_from)
-    train_step = distillation.build_train_step(student, optimizer, strategy, step_counter=step)
+    train_step = distillation.build_train_step(student, optimizer, strategy, step_counter=step, weight_average=average)
 
     writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "train")) if chief else None
     logging.info("training %s (width %g, %dx%d, %d classes) for %d steps, global batch %d over %d replica(s), "
@@ -245,6 +250,8 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     hooks += [evaluation] if evaluation is not None else []
     totals = driver.run_steps(train_step, iterator, resumed_from, config.steps, batch_size=config.batch_size,
                               log_every=config.log_every, summarize=distillation.interval_terms, writer=writer, hooks=hooks)
+    if average is not None:  # after the last checkpoint (which keeps the trained weights and the average apart)
+        average.copy_to_model()  # the final evaluation and the exported student are the averaged weights
 
     summary = {
         "student": config.student, "width": config.width, "image_size": config.image_size,

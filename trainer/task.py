@@ -220,10 +220,12 @@ class DistillationTask:
             lambda context: dataset(context.get_per_replica_batch_size(self.global_batch_size), context)))
 
     def build_train_step(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                         strategy: tf.distribute.Strategy | None = None, step_counter: tf.Variable | None = None):
+                         strategy: tf.distribute.Strategy | None = None, step_counter: tf.Variable | None = None,
+                         weight_average=None):
         """A tf.function of an iterator: draws one batch, takes one step, returns the summed outputs.
 
-        `step_counter` (the checkpointed step variable) is incremented in the same graph.
+        `step_counter` (the checkpointed step variable) is incremented in the same graph, and
+        `weight_average` (trainer/ema.py), when given, is updated after the optimizer's step.
         """
         replica_step = make_train_step(model, optimizer, strategy or tf.distribute.get_strategy(),
                                        self.global_batch_size, self.alpha, self.temperature, self.teacher,
@@ -233,6 +235,8 @@ class DistillationTask:
         def train_step(iterator):
             images, targets = next(iterator)
             sums = replica_step(images, targets)
+            if weight_average is not None:
+                weight_average.update()
             if step_counter is not None:
                 step_counter.assign_add(1)
             return sums

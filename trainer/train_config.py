@@ -39,6 +39,9 @@ class TrainConfig:
                                                       "cosine decay over the remaining steps.")
     weight_decay: float = option(0.0, lower_bound=0.0, help="Decoupled weight decay (each step w -= lr * wd * w; "
                                                             "adam: AdamW) of the kernels, not of biases or batch norm.")
+    ema_decay: float = option(0.0, lower_bound=0.0, help="Keep an exponential moving average of the weights with "
+                                                         "this decay, updated after each step and checkpointed; "
+                                                         "the exported student is the average (0: off).")
     label_smoothing: float = option(0.0, lower_bound=0.0, help="Label smoothing of the hard-label term, in [0, 1) "
                                                                "(the teacher's distribution is left as it is).")
     alpha: float = option(0.5, help="Weight of the hard-label cross-entropy term.")
