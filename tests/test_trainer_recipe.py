@@ -78,7 +78,7 @@ def test_label_smoothing_applies_to_the_hard_label_term_only():
 
 
 def test_the_recipe_settings_that_change_the_weights_are_checked_on_resume():
-    for name in ("weight_decay", "label_smoothing"):
+    for name in ("weight_decay", "label_smoothing", "ema_decay", "mixed_precision"):
         assert name in resume.FIXED, name
     assert "warmup_steps" in resume.MAY_CHANGE
     older = {"config": {"student": "small_cnn"}}  # a run_config.json written before these fields existed
@@ -156,3 +156,41 @@ def test_the_exported_student_is_the_ema_of_the_weights_after_each_step_and_a_re
     from trainer import loop
     with pytest.raises(loop.TrainInputError, match="--ema_decay"):
         loop.train(refused)
+
+
+def test_a_bfloat16_run_trains_and_its_float32_export_converts_to_int8_tflite(record_glob, tmp_path):
+    from compress import quantize
+    from trainer import loop
+
+    config = _config(record_glob, tmp_path / "bf16", mixed_precision="bfloat16", steps=3)
+    student, summary = loop.train_student(config)
+    assert keras.config.dtype_policy().name == "float32"  # the policy was set only while building the student
+    assert student.layers[-1].compute_dtype == "bfloat16" and student.layers[-1].kernel.dtype == "float32"
+    assert np.isfinite(summary["loss"]["loss"])
+    keras.utils.set_random_seed(config.seed)
+    initial = task.DistillationTask(record_glob, 32, 4, 0.5, 2.0, student="small_cnn", width=0.25,
+                                    num_classes=fixtures.NUM_CLASSES).build_model()
+    exported = keras.saving.load_model(str(tmp_path / "bf16" / "student.keras"))
+    assert all(weight.dtype == np.float32 for weight in exported.get_weights())
+    assert exported.layers[-1].compute_dtype == "float32"
+    assert any(not np.allclose(a, b) for a, b in zip(exported.get_weights(), initial.get_weights()))
+    calibration = quantize.calibration_images(record_glob, (32, 32), 4)
+    flatbuffer = quantize.convert(exported, "int8", calibration)
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    inputs, outputs = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inputs["dtype"] == np.uint8
+    interpreter.set_tensor(inputs["index"], np.full(inputs["shape"], 128, np.uint8))
+    interpreter.invoke()
+    assert interpreter.get_tensor(outputs["index"]).shape == (1, fixtures.NUM_CLASSES)
+
+
+def test_a_float16_run_trains_with_loss_scaling(record_glob, tmp_path):
+    from trainer import loop
+
+    config = _config(record_glob, tmp_path / "fp16", mixed_precision="float16", steps=3, weight_decay=0.01)
+    student, summary = loop.train_student(config)
+    assert np.isfinite(summary["loss"]["loss"]) and summary["optimizer_iterations"] == 3
+    assert student.layers[-1].compute_dtype == "float16"
+    exported = keras.saving.load_model(str(tmp_path / "fp16" / "student.keras"))
+    assert all(weight.dtype == np.float32 for weight in exported.get_weights())

@@ -37,6 +37,7 @@ from absl import logging
 from distillery import atomic_files, records
 from trainer import bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, resume, students, task
 from trainer.ema import WeightAverage
+from trainer.precision import PRECISIONS
 from trainer.train_config import OPTIMIZERS, TrainConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -104,6 +105,8 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
             raise TrainInputError(f"{flag} must be positive, got {value}")
     if not 0.0 <= config.alpha <= 1.0:
         raise TrainInputError(f"--alpha must be in [0, 1], got {config.alpha}")
+    if config.mixed_precision not in PRECISIONS:
+        raise TrainInputError(f"--mixed_precision={config.mixed_precision}: choose one of {', '.join(PRECISIONS)}")
     if not 0 <= config.warmup_steps < config.steps:
         raise TrainInputError(f"--warmup_steps must be in [0, --steps={config.steps}), got {config.warmup_steps}")
     if config.weight_decay < 0:
@@ -140,6 +143,7 @@ def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=Non
         alpha=config.alpha, temperature=config.temperature, student=config.student, width=config.width,
         num_classes=spec.num_classes, optimizer=config.optimizer, learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+        mixed_precision=config.mixed_precision,
         teacher=teacher,
         spec=spec, seed=config.seed, shuffle_buffer=config.shuffle_buffer, eval_pattern=config.eval_pattern,
         eval_batch_size=config.eval_batch_size)

@@ -33,7 +33,7 @@ from trainer.train_config import TrainConfig
 RUN_CONFIG = "run_config.json"
 FORMAT = 1
 FIXED = ("train_pattern", "student", "width", "image_size", "teacher", "alpha", "temperature", "optimizer",
-         "weight_decay", "label_smoothing", "ema_decay")
+         "weight_decay", "label_smoothing", "ema_decay", "mixed_precision")
 MAY_CHANGE = ("model_dir", "overwrite", "steps", "batch_size", "learning_rate", "warmup_steps", "checkpoint_every",
               "log_every",
               "max_checkpoints", "eval_pattern", "eval_batch_size", "eval_every", "seed", "shuffle_buffer",

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from distillery import records
-from trainer import bad_records, data, losses, schedules, students, weight_decay
+from trainer import bad_records, data, losses, precision, schedules, students, weight_decay
 
 
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int = 0,
@@ -60,12 +60,13 @@ def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer,
         else:
             teacher_probabilities = targets["teacher_probabilities"]
         with tf.GradientTape() as tape:
-            student_logits = student(images, training=True)
+            student_logits = tf.cast(student(images, training=True), tf.float32)  # float32 under mixed precision
             per_example = losses.distillation_loss(labels, student_logits, teacher_probabilities, alpha, temperature,
                                                    label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if student.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(student.losses))
+            loss = optimizer.scale_loss(loss)  # float16's LossScaleOptimizer: scaled (unscaled in apply_gradients)
         gradients = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
         cross_entropy, kl_divergence = losses.distillation_terms(labels, student_logits, teacher_probabilities,
@@ -112,7 +113,7 @@ class Evaluator:
         num_classes = int(student.outputs[0].shape[-1])
 
         def counts(images, labels):
-            logits = student(images, training=False)
+            logits = tf.cast(student(images, training=False), tf.float32)
             labeled = labels >= 0
             safe = tf.where(labeled, labels, 0)
             top1 = tf.math.in_top_k(safe, logits, 1) & labeled
@@ -154,6 +155,7 @@ class DistillationTask:
       optimizer, learning_rate, warmup_steps, weight_decay: what create_optimizer makes (linear warmup,
         cosine decay to 0, decoupled weight decay of the kernels).
       label_smoothing: on the hard-label term of the loss.
+      mixed_precision: float32, or bfloat16 / float16: the student's layers compute in it (trainer/precision.py).
       teacher: online mode: a teacher run inside the step (None: offline, from the records).
       spec: the records' RecordSpec (read from the files when None).
       seed: the data order and the view choices.
@@ -174,6 +176,7 @@ class DistillationTask:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    mixed_precision: str = "float32"
     teacher: object = None
     spec: records.RecordSpec | None = None
     seed: int = 0
@@ -193,13 +196,14 @@ class DistillationTask:
     def build_model(self) -> keras.Model:
         """A freshly initialized student (call inside the strategy's scope)."""
         num_classes = self.num_classes or self.record_spec().num_classes
-        return students.build_student(self.student, self.width, self.image_size, num_classes)
+        with precision.policy(self.mixed_precision):
+            return students.build_student(self.student, self.width, self.image_size, num_classes)
 
     def create_optimizer(self, decay_steps: int, variables=()) -> keras.optimizers.Optimizer:
         """The optimizer (not built); weight decay leaves the rank-0/1 `variables` (biases, batch norm) alone."""
         optimizer = make_optimizer(self.optimizer, self.learning_rate, decay_steps, self.warmup_steps, self.weight_decay)
         weight_decay.exclude_norms_and_biases(optimizer, list(variables))
-        return optimizer
+        return precision.wrap_optimizer(optimizer, self.mixed_precision)
 
     def build_inputs(self, strategy: tf.distribute.Strategy | None = None, seed_offset: int = 0):
         """An endless iterator of training batches: per replica under `strategy`, plain batches without one.

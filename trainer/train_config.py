@@ -9,7 +9,7 @@ import dataclasses
 
 from distillery import saved_model_check
 from distillery.cli import option
-from trainer import bad_records, data, students
+from trainer import bad_records, data, precision, students
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -39,6 +39,9 @@ class TrainConfig:
                                                       "cosine decay over the remaining steps.")
     weight_decay: float = option(0.0, lower_bound=0.0, help="Decoupled weight decay (each step w -= lr * wd * w; "
                                                             "adam: AdamW) of the kernels, not of biases or batch norm.")
+    mixed_precision: str = option("float32", choices=precision.PRECISIONS,
+                                  help="The student's layers compute in bfloat16 or float16 (float32 variables; "
+                                       "float16 with loss scaling); the exported student is float32.")
     ema_decay: float = option(0.0, lower_bound=0.0, help="Keep an exponential moving average of the weights with "
                                                          "this decay, updated after each step and checkpointed; "
                                                          "the exported student is the average (0: off).")
