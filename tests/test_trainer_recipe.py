@@ -194,3 +194,26 @@ def test_a_float16_run_trains_with_loss_scaling(record_glob, tmp_path):
     assert student.layers[-1].compute_dtype == "float16"
     exported = keras.saving.load_model(str(tmp_path / "fp16" / "student.keras"))
     assert all(weight.dtype == np.float32 for weight in exported.get_weights())
+
+
+class _ThreeReplicas:
+    """Stands in for a strategy of three replicas: the batch check comes before anything uses the strategy."""
+
+    num_replicas_in_sync = 3
+
+
+def test_a_global_batch_that_does_not_divide_by_the_replicas_is_refused(record_glob, tmp_path):
+    from trainer import loop
+
+    with pytest.raises(loop.TrainInputError, match="--batch_size=4 must be a multiple of the 3 replicas"):
+        loop.train_student(_config(record_glob, tmp_path / "uneven"), strategy=_ThreeReplicas())
+    assert not (tmp_path / "uneven").exists()
+
+
+def test_the_per_replica_batch_is_logged_at_start(record_glob, tmp_path, monkeypatch):
+    from trainer import loop
+
+    lines = []
+    monkeypatch.setattr(loop.logging, "info", lambda message, *args: lines.append(message % args if args else message))
+    loop.train(_config(record_glob, tmp_path / "logged", steps=1))
+    assert any("global batch 4 over 1 replica(s) (4 per replica)" in line for line in lines), lines[:3]

@@ -242,9 +242,10 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     train_step = distillation.build_train_step(student, optimizer, strategy, step_counter=step, weight_average=average)
 
     writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "train")) if chief else None
-    logging.info("training %s (width %g, %dx%d, %d classes) for %d steps, global batch %d over %d replica(s), "
-                 "%s distillation, alpha %g, T %g", config.student, config.width, config.image_size,
+    logging.info("training %s (width %g, %dx%d, %d classes) for %d steps, global batch %d over %d replica(s) "
+                 "(%d per replica), %s distillation, alpha %g, T %g", config.student, config.width, config.image_size,
                  config.image_size, spec.num_classes, config.steps, config.batch_size, replicas,
+                 config.batch_size // replicas,
                  "online" if distillation.online else "offline", config.alpha, config.temperature)
     evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief)
     # Before the checkpointing hook: a non-finite loss or too many bad records stop the run before it saves.
