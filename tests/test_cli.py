@@ -90,6 +90,7 @@ def _expected_flags() -> dict[str, set[str]]:
     from cluster import beam_submit
     from compress import factorize_job, finetune, quantize_job
     from pipelines import extraction
+    from pipelines_kfp import pipeline_config
     from trainer import train_config
 
     def names(config_class, skip=()):
@@ -105,6 +106,7 @@ def _expected_flags() -> dict[str, set[str]]:
         "distillery-evaluate-beam": {"model", "eval", "output", "num_threads", "beam_pipeline_options"},
         "distillery-submit": (names(beam_submit.DataflowSettings) | names(beam_submit.FlinkSettings)
                               | {"overlay", "job", "set", "k8s_dir", "dry_run"}),
+        "distillery-pipeline": names(pipeline_config.PipelineConfig),
     }
 
 

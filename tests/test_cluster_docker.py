@@ -14,7 +14,7 @@ import shlex
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 EXPECTED_COMMANDS = {"distillery-extract", "distillery-inspect", "distillery-train", "distillery-factorize",
-                     "distillery-quantize", "distillery-benchmark", "distillery-submit"}
+                     "distillery-quantize", "distillery-benchmark", "distillery-submit", "distillery-pipeline"}
 
 
 def console_scripts():
