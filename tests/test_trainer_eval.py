@@ -118,3 +118,22 @@ def test_two_logical_devices_count_what_one_device_counts(record_globs, tmp_path
     with np.load(tmp_path / "weights.npz") as arrays:
         model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
     assert independent_top1(model, evaluation) == (pytest.approx(counts["one"]["top1"]), counts["one"]["images"])
+
+
+def test_with_ema_the_evaluations_and_best_are_of_the_averaged_weights(record_globs, tmp_path):
+    """--ema_decay exports the average: the evaluations during training, best/ and the final top-1 are of it too."""
+    train, evaluation = record_globs
+    model_dir = tmp_path / "ema"
+    config = TrainConfig(train_pattern=train, model_dir=str(model_dir), student="small_cnn", width=0.25, image_size=32,
+                         batch_size=4, steps=4, learning_rate=0.3, checkpoint_every=0, log_every=4, temperature=2.0,
+                         shuffle_buffer=16, eval_pattern=evaluation, eval_every=2, eval_batch_size=4, ema_decay=0.5)
+    _, summary = loop.train_student(config)
+    exported = keras.saving.load_model(model_dir / "student.keras")
+    assert independent_top1(exported, evaluation) == (pytest.approx(summary["top1"]), summary["eval_images"])
+    best = json.load(open(model_dir / "best" / "best.json"))
+    assert independent_top1(keras.saving.load_model(model_dir / "best" / "student.keras"), evaluation)[0] == \
+        pytest.approx(best["top1"])
+    if best["step"] == 4:  # the last step's average is the exported student
+        for first, second in zip(keras.saving.load_model(model_dir / "best" / "student.keras").get_weights(),
+                                 exported.get_weights()):
+            np.testing.assert_array_equal(first, second)

@@ -247,7 +247,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
                  config.image_size, spec.num_classes, config.steps, config.batch_size, replicas,
                  config.batch_size // replicas,
                  "online" if distillation.online else "offline", config.alpha, config.temperature)
-    evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief)
+    evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief, average)
     # Before the checkpointing hook: a non-finite loss or too many bad records stop the run before it saves.
     skipped = bad_records.BadRecordLimit(records.expand_paths(config.train_pattern), config.max_bad_fraction, writer)
     guards = [loss_guard.FiniteLoss(config.checkpoint_every), skipped]
@@ -288,9 +288,13 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
 
 
 def _eval_hook(config: TrainConfig, distillation: task.DistillationTask, student: keras.Model,
-               strategy: tf.distribute.Strategy, num_classes: int, output_dir: str,
-               chief: bool) -> eval_hook.EvalHook | None:
-    """With --eval_every: the hook that evaluates on every replica, writes logs/eval and (chief) keeps best/."""
+               strategy: tf.distribute.Strategy, num_classes: int, output_dir: str, chief: bool,
+               average: WeightAverage | None = None) -> eval_hook.EvalHook | None:
+    """With --eval_every: the hook that evaluates on every replica, writes logs/eval and (chief) keeps best/.
+
+    With --ema_decay it evaluates and exports the averaged weights, what the run exports at its end (so
+    the last step's evaluation is the final one), and puts the trained weights back after.
+    """
     if not config.eval_every:
         return None
     best = None
@@ -298,9 +302,25 @@ def _eval_hook(config: TrainConfig, distillation: task.DistillationTask, student
         best = eval_hook.BestExport(output_dir, config.eval_pattern, lambda: export.exportable_student(
             student, config.student, config.width, config.image_size, num_classes))
     writer = tf.summary.create_file_writer(os.path.join(output_dir, "logs", "eval")) if chief else None
-    return eval_hook.EvalHook(lambda: distillation.evaluate(student, strategy), config.eval_every, writer,
-                              on_best=best.export if best is not None else None,
-                              best_top1=best.previous_top1() if best is not None else None)
+    variables = student.trainable_variables
+    return eval_hook.EvalHook(
+        lambda: _with_averaged_weights(average, variables, lambda: distillation.evaluate(student, strategy)),
+        config.eval_every, writer, best_top1=best.previous_top1() if best is not None else None,
+        on_best=(lambda step, result: _with_averaged_weights(average, variables, lambda: best.export(step, result)))
+        if best is not None else None)
+
+
+def _with_averaged_weights(average: WeightAverage | None, variables: list, function: Callable):
+    """`function()` with the averaged weights in `variables` (none: as they are), then the trained ones back."""
+    if average is None:
+        return function()
+    trained = [tf.identity(tf.convert_to_tensor(variable)) for variable in variables]
+    average.copy_to_model()
+    try:
+        return function()
+    finally:
+        for variable, value in zip(variables, trained):
+            variable.assign(value)
 
 
 def save_outputs(student: keras.Model, config: TrainConfig, num_classes: int, output_dir: str, summary: dict) -> None:
