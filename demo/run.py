@@ -17,6 +17,9 @@ It reproduces at small scale the experiments of the LPIRC 2018 team this project
     make demo                                                   # = python -m demo.run --output_dir=runs/demo
     .venv/bin/python -m demo.run --runlocal --output_dir=/tmp/demo-tiny
 
+The commands and their settings come from configs/chain.py (the stages of configs/demo.py's recipe), the
+list the Kubeflow pipeline runs too (pipelines_kfp/); this module only schedules them and logs each `$` line.
+
 Outputs: OUTPUT_DIR/report.md, report.json, PNG plots; every stage's inputs and outputs under OUTPUT_DIR.
 """
 
