@@ -126,7 +126,7 @@ def recipe(cfg: DemoConfig, data_dir: str = "data", teacher: str = "teacher.kera
                  "store_image_max_side": STORE_IMAGE_MAX_SIDE, "overwrite": True},
         train={"student": cfg.student, "width": cfg.student_width, "image_size": cfg.image_size,
                "steps": cfg.train_steps, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
-               "seed": cfg.seed, "log_every": LOG_EVERY},
+               "seed": cfg.seed, "log_every": LOG_EVERY, "overwrite": True},  # each make demo trains afresh
         factorize=selection,
         finetune={"mode": "layerwise", "steps": cfg.factorize_steps, "final_steps": cfg.factorize_final_steps,
                   "batch_size": cfg.batch_size, "learning_rate": cfg.factorize_learning_rate, "alpha": cfg.alpha},

@@ -14,7 +14,8 @@ from configs.recipe import DataPart, Recipe, RecipeError, StudentRun
 from demo import run as demo_run
 
 # `python -m demo.run --runlocal --output_dir=OUT` logged exactly these commands (sorted; console scripts without
-# their folder, environment variables left out) when its command lines were still written by hand.
+# their folder, environment variables left out) when its command lines were still written by hand, plus
+# --overwrite on the extractions and the trainings, so that a second `make demo` into the same folder starts over.
 TINY_DEMO_COMMANDS = pathlib.Path(__file__).parent / "golden" / "demo_tiny_commands.txt"
 
 
