@@ -6,7 +6,8 @@ scale), cuts V views (V = 1: the centre crop; V > 1: RandomResizedCrop boxes and
 image id and the seed, distillery/views.py), resizes them to the teacher's input size, runs the teacher
 (or an ensemble: mean of logits) on batches of views and writes one soft-label record per image
 (distillery/records.py). Decoding and resizing happen one image at a time before batching, so one odd
-image never fails a batch.
+image never fails a batch. The teacher runs on TensorFlow or, converted on each worker, on LiteRT
+(--teacher_runtime; auto = LiteRT on workers without a GPU, distillery/litert_teacher.py).
 
 Nothing is lost: every input read ends as exactly one record or one dead letter,
 
