@@ -69,30 +69,33 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------ graph (tf.data)
 
 def _header(data: tf.Tensor) -> tf.Tensor:
-    """The first _HEADER_BYTES bytes as [_HEADER_BYTES] uint8, zero-padded when the data is shorter."""
+    """The first _HEADER_BYTES bytes as [..., _HEADER_BYTES] uint8, zero-padded when the data is shorter."""
     return tf.io.decode_raw(tf.strings.substr(data, 0, _HEADER_BYTES), tf.uint8, fixed_length=_HEADER_BYTES)
 
 
 def _starts(header: tf.Tensor, offset: int, signature: bytes) -> tf.Tensor:
-    return tf.reduce_all(tf.equal(header[offset:offset + len(signature)], tf.constant(list(signature), tf.uint8)))
+    expected = tf.constant(list(signature), tf.uint8)
+    return tf.reduce_all(tf.equal(header[..., offset:offset + len(signature)], expected), axis=-1)
+
+
+def _flag(header: tf.Tensor, offset: int, bit: int) -> tf.Tensor:
+    return tf.not_equal(tf.bitwise.bitwise_and(header[..., offset], bit), 0)
 
 
 def image_format_tensor(data: tf.Tensor) -> tf.Tensor:
-    """The int32 format code (JPEG, PNG, ... or UNSUPPORTED) of image bytes, from their first bytes only.
+    """The int32 format code (JPEG, PNG, ... or UNSUPPORTED) of image bytes, from their first bytes only;
+    `data` may be a scalar or a batch of strings (the codes then have its shape).
 
     Never raises: empty, short or garbage bytes are UNSUPPORTED, as are TIFF, animated WebP and BMP of
     fewer than 24 bits per pixel (which TensorFlow decodes wrongly or not at all).
     """
     header = _header(data)
-    as_int = tf.cast(header, tf.int32)
-    bmp_bits = as_int[28] + as_int[29] * 256
+    bmp_bits = tf.cast(header[..., 28], tf.int32) + tf.cast(header[..., 29], tf.int32) * 256
     webp = _starts(header, 0, b"RIFF") & _starts(header, 8, b"WEBP")
     extended = _starts(header, 12, b"VP8X")
-    lossless = _starts(header, 12, b"VP8L") & tf.equal(as_int[20], _VP8L_SIGNATURE)
-    webp_alpha = ((extended & tf.not_equal(tf.bitwise.bitwise_and(as_int[20], _WEBP_EXTENDED_ALPHA), 0))
-                  | (lossless & tf.not_equal(tf.bitwise.bitwise_and(as_int[24], 0x10), 0)))
-    animated = extended & tf.not_equal(tf.bitwise.bitwise_and(as_int[20], _WEBP_ANIMATION), 0)
-    still_webp = webp & ~animated & (extended | lossless | _starts(header, 12, b"VP8 "))
+    lossless = _starts(header, 12, b"VP8L") & tf.equal(header[..., 20], _VP8L_SIGNATURE)
+    webp_alpha = (extended & _flag(header, 20, _WEBP_EXTENDED_ALPHA)) | (lossless & _flag(header, 24, 0x10))
+    still_webp = webp & ~(extended & _flag(header, 20, _WEBP_ANIMATION)) & (extended | lossless | _starts(header, 12, b"VP8 "))
     choices = [  # first match wins
         (_starts(header, 0, b"\xff\xd8\xff"), JPEG),
         (_starts(header, 0, _PNG_SIGNATURE), PNG),
@@ -101,7 +104,7 @@ def image_format_tensor(data: tf.Tensor) -> tf.Tensor:
         (still_webp & webp_alpha, WEBP_ALPHA),
         (still_webp, WEBP),
     ]
-    code = tf.constant(UNSUPPORTED, tf.int32)
+    code = tf.fill(tf.shape(data), tf.constant(UNSUPPORTED, tf.int32))
     for condition, value in reversed(choices):
         code = tf.where(condition, tf.constant(value, tf.int32), code)
     return code
@@ -153,12 +156,16 @@ def decode_image_tensor(data: tf.Tensor, image_format: tf.Tensor | None = None) 
     def decode_image():
         return tf.io.decode_image(data, channels=3, expand_animations=False)
 
-    branches = [lambda: _unsupported(data),
-                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                lambda: _decode_png(data, _header(data)),
-                decode_image, decode_image, decode_image,
-                lambda: _on_white(tf.io.decode_webp(data, channels=4)[0])]
-    image = tf.switch_case(image_format, branches)
+    def decode_jpeg():
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def other_formats():
+        branches = [lambda: _unsupported(data), decode_jpeg, lambda: _decode_png(data, _header(data)),
+                    decode_image, decode_image, decode_image, lambda: _on_white(tf.io.decode_webp(data, channels=4)[0])]
+        return tf.switch_case(image_format, branches)
+
+    # JPEG (what extraction stores) on the shorter way: one two-way cond instead of the seven-way switch.
+    image = tf.cond(tf.equal(image_format, JPEG), decode_jpeg, other_formats)
     image.set_shape([None, None, 3])
     return image
 

@@ -515,6 +515,67 @@ def tf_parser(spec: RecordSpec):
     return parse
 
 
+def tf_batch_parser(spec: RecordSpec):
+    """A function [n] serialized -> dict of [n, ...] tensors: `tf_parser` for a batch of records at once
+    (one parse for the batch: the trainer's input pipeline parses each record file in chunks).
+
+    The dict holds what tf_parser's does, each with a leading [n] (no image_id), plus well_formed [n] bool:
+    False for a record of another format version, with missing features, sizes that disagree with `spec`
+    or class ids out of range. Such records are flagged, not raised on (their other values are zeros or
+    truncated bytes); only bytes that are not tf.train.Examples at all raise, for the whole batch.
+    """
+    views, top_k = spec.num_views, spec.top_k
+    logit_dtype = tf.float16 if spec.logit_dtype == "float16" else tf.float32
+    logit_bytes = 2 if spec.logit_dtype == "float16" else 4
+    id_dtype, id_bytes = (tf.uint16, 2) if spec.class_id_dtype == np.dtype("<u2") else (tf.int32, 4)
+    sizes = {_CROP: views * 4 * 2, _FLIP: views, _LOGITS: views * top_k * logit_bytes, _LOGSUMEXP: views * 4}
+    if not spec.full_logits:
+        sizes[_CLASS_IDS] = views * top_k * id_bytes
+    feature_spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in sizes}
+    feature_spec.update({_VERSION: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+                         _IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                         _IMAGE_PATH: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                         _LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)})
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.io.parse_example(serialized, feature_spec)
+        count = tf.shape(serialized)[0]
+        well_formed = tf.equal(features[_VERSION], FORMAT_VERSION)
+        for name, size in sizes.items():
+            well_formed &= tf.equal(tf.strings.length(features[name]), size)
+
+        def raw(name, dtype, shape):
+            read_as = tf.uint16 if dtype == tf.float16 else dtype  # DecodePaddedRaw has no float16 kernel
+            values = tf.io.decode_raw(features[name], read_as, fixed_length=sizes[name])  # zero-padded when short
+            values = tf.bitcast(values, tf.float16) if dtype == tf.float16 else values
+            return tf.reshape(values, tf.concat([[count], shape], axis=0))
+
+        if spec.full_logits:
+            class_ids = tf.broadcast_to(tf.range(top_k, dtype=tf.int32), tf.stack([count, views, top_k]))
+        else:
+            class_ids = tf.cast(raw(_CLASS_IDS, id_dtype, [views, top_k]), tf.int32)
+            in_range = (class_ids >= 0) & (class_ids < spec.num_classes)
+            well_formed &= tf.reduce_all(in_range, axis=[1, 2])
+            class_ids = tf.where(in_range, class_ids, 0)
+        logits = tf.cast(raw(_LOGITS, logit_dtype, [views, top_k]), tf.float32)
+        logsumexp = raw(_LOGSUMEXP, tf.float32, [views])
+        return {
+            "encoded_image": features[_IMAGE_ENCODED],
+            "image_path": features[_IMAGE_PATH],
+            "label": features[_LABEL],
+            "crops": tf.cast(raw(_CROP, tf.uint16, [views, 4]), tf.float32) / CROP_SCALE,
+            "flips": raw(_FLIP, tf.uint8, [views]) > 0,
+            "class_ids": class_ids,
+            "logits": logits,
+            "logsumexp": logsumexp,
+            "finite_logits": (tf.reduce_all(tf.math.is_finite(logits), axis=[1, 2])
+                              & tf.reduce_all(tf.math.is_finite(logsumexp), axis=1)),
+            "well_formed": well_formed,
+        }
+
+    return parse
+
+
 def bytes_per_view(top_k: int, num_classes: int = 1000, logit_dtype: str = "float32") -> float:
     """Measured serialized bytes each extra view adds to a record (difference of 11- and 1-view records)."""
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ import tensorflow as tf
 import trainer_fixtures as fixtures
 
 from distillery import records
-from trainer import bad_records, data, loop, loss_guard, students
+from trainer import bad_records, data, loop, loss_guard, record_files, students
 from trainer.train_config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +78,10 @@ def _config(pattern: str, model_dir, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _counts(targets) -> dict:
+    return dict(zip(bad_records.REASONS, targets[bad_records.SKIPPED].numpy().sum(axis=0).tolist()))
+
+
 def test_the_numpy_reader_refuses_what_the_pipeline_skips(bad_glob):
     with pytest.raises(records.RecordError, match=r"train-00000-of-00001: record 7: non-finite teacher logits"):
         list(records.read_records(bad_glob))
@@ -90,8 +94,7 @@ def test_the_pipeline_skips_bad_examples_and_counts_them_by_reason_per_pass(bad_
     for index, (images, targets) in enumerate(batches):
         assert sorted(targets["labels"].numpy().tolist()) == list(GOOD_LABELS)  # the good examples only
         assert np.all(np.isfinite(targets["teacher_probabilities"].numpy())) and images.shape == (5, 32, 32, 3)
-        counts = dict(zip(bad_records.REASONS, targets[bad_records.SKIPPED].numpy().sum(axis=0).tolist()))
-        assert counts == (dict.fromkeys(bad_records.REASONS, 0) if index == 0 else PER_PASS)
+        assert _counts(targets) == (dict.fromkeys(bad_records.REASONS, 0) if index == 0 else PER_PASS)
         assert targets[bad_records.BAD_FILE].numpy()[-1] == (-1 if index == 0 else 0)
 
 
@@ -139,25 +142,38 @@ def test_a_non_finite_loss_stops_the_run_before_it_saves(tmp_path):
     assert not (model_dir / "summary.json").exists() and not (model_dir / "student.keras").exists()
 
 
-def test_malformed_records_truncated_files_and_images_that_fail_to_decode_are_counted(tmp_path):
-    """A record that is not an Example, a JPEG whose header passes but whose data does not decode (dropped by
-    ignore_errors after the shuffle; its file is not known) and a file cut short in its last record."""
+def test_records_of_another_version_truncated_files_and_images_that_fail_to_decode_are_counted(tmp_path):
+    """A record of another format version, a JPEG whose header passes but whose data does not decode (dropped
+    by ignore_errors after the shuffle) and a file cut short in its last record."""
     jpeg = tf.io.encode_jpeg(fixtures.make_image(3)).numpy()
-    items = [_record(0), _record(1), _record(2), b"\x08\x96\x01 not an example", _record(3, encoded=jpeg[:60]),
+    other_version = tf.train.Example.FromString(records.encode(_record(5)))
+    other_version.features.feature["distillery/version"].int64_list.value[0] = 99
+    items = [_record(0), _record(1), _record(2), other_version.SerializeToString(), _record(3, encoded=jpeg[:60]),
              _record(4)]
     _write(str(tmp_path / "r-0"), items)
     content = open(tmp_path / "r-0", "rb").read()
     open(tmp_path / "r-0", "wb").write(content[:-10])
     pattern = str(tmp_path / "r-*")
     assert [int(targets["labels"][0]) for _, targets in data.make_dataset(pattern, 32, 1, training=False)] == [0, 1, 2]
-    training = list(data.make_dataset(pattern, 32, 3, training=True, seed=0, shuffle_buffer=1).take(3))
     per_pass = dict(PER_PASS, corrupt_record=1, malformed_record=1, non_finite_logits=0, missing_image=0,
                     undecodable_image=1)
-    for index, (_, targets) in enumerate(training):
+    training = data.make_dataset(pattern, 32, 3, training=True, seed=0, shuffle_buffer=1)
+    for index, (_, targets) in enumerate(training.take(3)):
         assert sorted(targets["labels"].numpy().tolist()) == [0, 1, 2]
-        counts = dict(zip(bad_records.REASONS, targets[bad_records.SKIPPED].numpy().sum(axis=0).tolist()))
-        assert counts == (dict.fromkeys(bad_records.REASONS, 0) if index == 0 else per_pass)
+        assert _counts(targets) == (dict.fromkeys(bad_records.REASONS, 0) if index == 0 else per_pass)
         assert targets[bad_records.BAD_FILE].numpy()[-1] == (-1 if index == 0 else 0)
+
+
+def test_bytes_that_are_not_examples_lose_their_chunk(tmp_path):
+    """A record that passes its CRC but is not a tf.train.Example fails the parse of its chunk of
+    record_files.CHUNK records: the chunk is lost, its records counted as malformed_record."""
+    first_chunk = [_record(index) for index in range(record_files.CHUNK)]
+    _write(str(tmp_path / "r-0"), first_chunk + [_record(100), b"\x08\x96\x01 not an example", _record(101)])
+    training = data.make_dataset(str(tmp_path / "r-*"), 32, record_files.CHUNK, training=True, seed=0, shuffle_buffer=1)
+    for index, (_, targets) in enumerate(training.take(3)):
+        assert sorted(targets["labels"].numpy().tolist()) == sorted(item.label for item in first_chunk)
+        expected = dict.fromkeys(bad_records.REASONS, 0)
+        assert _counts(targets) == (expected if index == 0 else dict(expected, malformed_record=3))
 
 
 def test_path_only_records_decode_in_the_graph_without_python(tmp_path):

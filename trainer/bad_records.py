@@ -66,56 +66,73 @@ class TooManyBadRecordsError(records.RecordError):
 
 # ----------------------------------------------------------------------------- in the input pipeline
 
-def number(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Elements (dicts with `counts`) -> (position, element with `totals`), before a map that may drop some.
+def number_and_drop(dataset: tf.data.Dataset, chunk: int = 64) -> tf.data.Dataset:
+    """Examples (dicts with status, counts, file_index), in stream order -> the good ones, each with its
+    `position` in the stream, `totals` ([R] counts so far, of the dropped examples too), `nongood` (the
+    non-good examples so far), `bad_file` (the latest file known so far to hold a bad record, -1 for none)
+    and `previous_file` (the file of the good example before it).
 
-    `position` numbers the elements, `totals` adds up the counts so far including the element's own, so that
-    the counts an element carries survive its being dropped later: `count_and_drop` takes differences.
+    Running totals, not per-example counts, so that nothing is lost with the examples dropped here and
+    with those dropped later because their image cannot be read or decoded (`ignore_errors`), which show as
+    gaps in the positions that the non-good examples do not explain (`count_batches` takes the
+    differences; `previous_file` names the file of the last one of such a gap). Vectorized over `chunk`
+    examples at a time: one scan step and one mask per chunk, no function call per example.
     """
-    def add(state, element):
-        position, totals = state
-        totals = totals + element["counts"]
-        return (position + 1, totals), (position, dict(element, totals=totals))
+    def add(state, examples):
+        position, totals, nongood, bad_file, good_file = state
+        status = examples["status"]
+        count = tf.size(status, out_type=tf.int64)
+        contributions = examples["counts"] + tf.one_hot(status - 1, len(REASONS), dtype=tf.float32)  # 0: GOOD, MARKER
+        running = totals + tf.cumsum(contributions, axis=0)
+        not_good = tf.cast(tf.not_equal(status, GOOD), tf.int64)
+        # The file of the latest example so far that was bad or carried counts: a running maximum of their
+        # places (a [K, K] lower-triangular max, K = chunk), else the file the previous chunks ended with.
+        places = tf.range(tf.size(status))
+        known = tf.where(tf.reduce_sum(contributions, axis=1) > 0, places, -1)
+        latest = tf.reduce_max(tf.where(places[:, None] >= places[None, :], known[None, :], -1), axis=1)
+        files = tf.where(latest >= 0, tf.gather(examples["file_index"], tf.maximum(latest, 0)), bad_file)
+        numbered = dict(examples, position=position + tf.range(count), totals=running,
+                        nongood=nongood + tf.cumsum(not_good), bad_file=files)
+        good = tf.equal(status, GOOD)
+        kept = {name: tf.boolean_mask(values, good) for name, values in numbered.items()}
+        good_files = tf.concat([[good_file], kept["file_index"]], axis=0)
+        kept["previous_file"] = good_files[:-1]
+        state = (position + count, running[-1], nongood + tf.reduce_sum(not_good), files[-1], good_files[-1])
+        return state, kept
 
-    return dataset.scan((tf.constant(0, tf.int64), no_counts()), add)
+    initial = (tf.constant(0, tf.int64), no_counts(), tf.constant(0, tf.int64), tf.constant(-1, tf.int32),
+               tf.constant(-1, tf.int32))
+    return dataset.batch(chunk).scan(initial, add).unbatch()
 
 
-def count_and_drop(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """(position, images, targets, meta) elements, in stream order -> (images, targets) of the good ones,
-    with targets[SKIPPED] and targets[BAD_FILE] added.
-
-    `position` and meta's `totals` come from `number`, before an order-keeping (deterministic) map whose
-    failures `ignore_errors` dropped: a gap in the positions is that many undecodable images. meta also holds
-    status (int32: GOOD, a reason's, or MARKER), counts ([R] float32, what the element itself carried, e.g.
-    its file's bad records) and file_index (int32).
-    """
+def count_batches(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Batches (images, targets) of good examples whose targets hold `number_and_drop`'s position, totals,
+    nongood, bad_file and previous_file, and `decode_position` (their number before the decoding map) ->
+    the same with targets[SKIPPED] ([B, R]: the bad examples met since the previous example) and
+    targets[BAD_FILE] ([B]) instead. An example missing between two positions that the non-good ones do
+    not explain was dropped by the image read (missing_image) or, when it is also missing from the
+    decode positions, by the decode (undecodable_image)."""
+    missing = tf.one_hot(status_of("missing_image") - 1, len(REASONS), dtype=tf.float32)
     undecodable = tf.one_hot(status_of("undecodable_image") - 1, len(REASONS), dtype=tf.float32)
 
-    def count(state, element):
-        last_position, counted, pending, bad_file = state
-        position, images, targets, meta = element
-        status = meta["status"]
-        reason = tf.one_hot(status - 1, len(REASONS), dtype=tf.float32)  # all zero for GOOD and MARKER
-        pending = pending + reason + tf.cast(position - last_position - 1, tf.float32) * undecodable
-        known = (tf.reduce_sum(meta["counts"]) > 0) | (tf.reduce_sum(reason) > 0)
-        bad_file = tf.where(known, meta["file_index"], bad_file)
-        good = tf.equal(status, GOOD)
+    def step_back(last, values):
+        return tf.concat([last[None], values[:-1]], axis=0)
+
+    def count(state, batch):
+        last_position, last_decode, last_totals, last_nongood = state
+        images, targets = batch
         targets = dict(targets)
-        targets[SKIPPED] = tf.where(good, meta["totals"] - counted + pending, no_counts())
-        targets[BAD_FILE] = bad_file
-        state = (position, tf.where(good, meta["totals"], counted), tf.where(good, no_counts(), pending), bad_file)
-        return state, (good, images, targets)
+        position, decode_position = targets.pop("position"), targets.pop("decode_position")
+        totals, nongood = targets.pop("totals"), targets.pop("nongood")
+        dropped = position - step_back(last_position, position) - 1 - (nongood - step_back(last_nongood, nongood))
+        not_decoded = decode_position - step_back(last_decode, decode_position) - 1
+        targets[SKIPPED] = (totals - step_back(last_totals, totals) + tf.cast(dropped - not_decoded, tf.float32)[:, None]
+                            * missing + tf.cast(not_decoded, tf.float32)[:, None] * undecodable)
+        targets[BAD_FILE] = tf.where(dropped > 0, targets.pop("previous_file"), targets.pop("bad_file"))
+        return (position[-1], decode_position[-1], totals[-1], nongood[-1]), (images, targets)
 
-    def is_good(good, images, targets):
-        del images, targets
-        return good
-
-    def without_flag(good, images, targets):
-        del good
-        return images, targets
-
-    initial = (tf.constant(-1, tf.int64), no_counts(), no_counts(), tf.constant(-1, tf.int32))
-    return dataset.scan(initial, count).filter(is_good).map(without_flag)
+    initial = (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64), no_counts(), tf.constant(0, tf.int64))
+    return dataset.scan(initial, count)
 
 
 # --------------------------------------------------------------------------------- in the train step

@@ -79,7 +79,7 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
     spec = spec or records.read_spec(paths)
     repeat = training if repeat is None else repeat
     deterministic = not training if deterministic is None else deterministic
-    parse_record = records.tf_parser(spec)
+    parse_records = records.tf_batch_parser(spec)
     pipelines, pipeline_id = 1, 0
     if input_context is not None:
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -97,52 +97,61 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
     files = files.enumerate().map(lambda visit, file: dict(file, visit=visit))
     view_seed = tf.constant(seed, tf.int64) * 1_000_003 + pipeline_id
 
-    def parse(serialized: tf.Tensor, record_index: tf.Tensor, visit: tf.Tensor) -> dict:
-        parsed = parse_record(serialized)
-        fields = {name: parsed[name] for name in ("encoded_image", "image_path", "finite_logits")}
+    def parse_chunk(serialized: tf.Tensor, positions: tf.Tensor, chunk_key: tf.Tensor) -> dict:
+        parsed = parse_records(serialized)
+        fields = {name: parsed[name] for name in ("encoded_image", "image_path", "finite_logits", "well_formed")}
         fields["label"] = tf.cast(parsed["label"], tf.int32)
         if training:  # the view is chosen here, so that the shuffle buffer holds one view's targets
-            view = tf.random.stateless_uniform([], seed=tf.stack([view_seed, visit * _VISIT_STRIDE + record_index]),
-                                               minval=0, maxval=spec.num_views, dtype=tf.int32)
-            fields.update(crop=parsed["crops"][view], flip=parsed["flips"][view],
-                          class_ids=parsed["class_ids"][view], logits=parsed["logits"][view],
-                          logsumexp=parsed["logsumexp"][view])
+            draws = tf.random.stateless_uniform([record_files.CHUNK], seed=tf.stack([view_seed, chunk_key]), minval=0,
+                                                maxval=spec.num_views, dtype=tf.int32)
+            view = tf.gather(draws, positions)
+            for name, field in (("crop", "crops"), ("flip", "flips"), ("class_ids", "class_ids"), ("logits", "logits"),
+                                ("logsumexp", "logsumexp")):
+                fields[name] = tf.gather(parsed[field], view, batch_dims=1)
         return fields
 
     record_shards = (pipelines, pipeline_id) if pipelines > 1 and not shard_files else (1, 0)
     blank = record_files.blank_record(spec)
-    examples = files.interleave(lambda file: record_files.read_file(file, parse, blank, *record_shards),
+    examples = files.interleave(lambda file: record_files.read_file(file, parse_chunk, blank, *record_shards),
                                 cycle_length=min(cycle_length, len(paths)) if training else 1,
                                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if training:
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    good = bad_records.number_and_drop(examples)
 
-    def replay(position: tf.Tensor, element: dict):
-        image_format = record_pixels.image_format_tensor(element["image"])
-        status = tf.where(tf.equal(element["status"], bad_records.GOOD)
-                          & tf.equal(image_format, record_pixels.UNSUPPORTED),
-                          bad_records.status_of("undecodable_image"), element["status"])
-        image = tf.cond(tf.equal(status, bad_records.GOOD),
-                        lambda: record_pixels.decode_image_tensor(element["image"], image_format),
-                        lambda: tf.zeros([1, 1, 3], tf.uint8))  # a bad example: dropped after counting
-        meta = {name: element[name] for name in ("counts", "totals", "file_index")}
-        meta["status"] = status
+    def read_image(element: dict) -> dict:
+        """The image bytes: the stored ones, else the file at image/path (raises when it cannot be read)."""
+        element = dict(element)
+        encoded, path, stored_format = element.pop("encoded_image"), element.pop("image_path"), element["image_format"]
+
+        def from_path():
+            data = tf.io.read_file(path)
+            return data, record_pixels.image_format_tensor(data)
+
+        element["image"], element["image_format"] = tf.cond(tf.strings.length(encoded) > 0,
+                                                            lambda: (encoded, stored_format), from_path)
+        return element
+
+    def replay(decode_position: tf.Tensor, element: dict):
+        image = record_pixels.decode_image_tensor(element["image"], element["image_format"])
         if not training:
-            return position, record_pixels.eval_view_tensor(image, image_size), {"labels": element["label"]}, meta
-        targets = {"labels": element["label"], "class_ids": element["class_ids"], "logits": element["logits"],
-                   "logsumexp": element["logsumexp"]}
+            return record_pixels.eval_view_tensor(image, image_size), {"labels": element["label"]}
+        targets = {name: element[name] for name in ("class_ids", "logits", "logsumexp", "position", "totals",
+                                                   "nongood", "bad_file", "previous_file")}
+        targets.update(labels=element["label"], decode_position=decode_position)
         if teacher_image_size is not None:
             targets["teacher_images"] = record_pixels.view_tensor(image, element["crop"], element["flip"],
                                                                   teacher_image_size)
-        return position, record_pixels.view_tensor(image, element["crop"], element["flip"], image_size), targets, meta
+        return record_pixels.view_tensor(image, element["crop"], element["flip"], image_size), targets
 
-    # Decoding keeps the stream's order, so the positions of the images it failed on (dropped by
-    # ignore_errors, which logs each error) show as gaps; count_and_drop counts them and every other reason.
-    replayed = bad_records.number(examples).map(replay, num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = bad_records.count_and_drop(replayed.ignore_errors(log_warning=True))
-    if not training:
-        dataset = dataset.map(lambda images, targets: (images, {"labels": targets["labels"]}))
+    # An image that cannot be read or decoded is dropped by ignore_errors (which logs the error); in
+    # training, bad_records.count_batches counts it from the gaps it leaves in the examples' numbers.
+    with_images = good.map(read_image, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+    dataset = (with_images.enumerate().map(replay, num_parallel_calls=AUTOTUNE, deterministic=True)
+               .ignore_errors(log_warning=True))
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    if training:
+        dataset = bad_records.count_batches(dataset)
     if training and temperature is not None:
         def to_probabilities(images, targets):
             targets = dict(targets)

@@ -1,22 +1,21 @@
-"""One record file as a tf.data stream of examples that never raises: framing, parsing and image bytes.
+"""One record file as a tf.data stream of records that never raises: TFRecord framing and parsing, by chunks.
 
-`read_file` is what the trainer's input pipeline interleaves over its files (trainer/data.py). Per file:
+`read_file` is what the trainer's input pipeline interleaves over its files (trainer/data.py). Per file, in
+chunks of CHUNK records (one vectorized parse per chunk instead of ~30 ops per record):
 
 1. the TFRecord framing (tf.data.TFRecordDataset with ignore_errors). TensorFlow's reader cannot
    resynchronize after a record whose length or data CRC is wrong (or a truncated file): it moves on to
    the next file. So a corrupt record loses the rest of its file for this pass; it is detected by adding
    up the bytes read (16 framing bytes + the data per record) against the file's size, and counted once
-   as corrupt_record (trainer/bad_records.py);
-2. parsing (`parse`, e.g. `distillery.records.tf_parser` and a view choice): a record that raises is
-   dropped and counted as malformed_record; one with non-finite logits is kept, with its status;
-3. the image bytes: the stored bytes, else the file at image/path (tf.io.read_file: local or gs://); a
-   read that raises is dropped and counted as missing_image.
+   as corrupt_record (trainer/bad_records.py), on the file's end-of-file marker;
+2. parsing (`parse_chunk`: `distillery.records.tf_batch_parser` and a view choice) flags records of
+   another version or the wrong sizes (malformed_record), non-finite logits (non_finite_logits) and stored
+   images of no format the trainer decodes (undecodable_image, from their header), each on its record. A
+   chunk holding bytes that are not tf.train.Examples at all (which passed their CRC: a writer's bug)
+   does not parse and is lost whole: its records are counted as malformed_record.
 
-A stage's drops show as gaps in the serial numbers given just before it; a scan at the end of the file
-turns them into counts carried by the next element of the same file (or by the end-of-file marker, an
-element of status MARKER), so every bad record is counted with its file known. The image bytes are read
-here, before the trainer's shuffle, for path-only records too: the shuffle buffer then holds encoded
-images whichever way the records carry them.
+Path-only images are read later, after the shuffle (trainer/data.py), so that the shuffle buffer holds
+their paths, not their bytes.
 
     python -c "from trainer import record_files; print(record_files.file_sizes(['/etc/hostname']))"
 """
@@ -29,11 +28,13 @@ from concurrent import futures
 import numpy as np
 import tensorflow as tf
 
-from distillery import records
+from distillery import record_pixels, records
 from trainer import bad_records
 
+CHUNK = 64  # records parsed together
 FRAME_BYTES = 16  # TFRecord framing per record: length (8), its CRC (4), the data's CRC (4)
 STAT_THREADS = 16
+CHUNK_STRIDE = 1 << 32  # chunk keys: visit * stride + the chunk's first record index
 
 ParseFunction = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict]
 
@@ -56,72 +57,71 @@ def blank_record(spec: records.RecordSpec) -> bytes:
     return records.encode(record)
 
 
-def read_file(file: dict, parse: ParseFunction, blank: bytes, pipelines: int = 1, pipeline_id: int = 0) -> tf.data.Dataset:
-    """The examples of one record file, then its end-of-file marker when it carries counts.
+def read_file(file: dict, parse_chunk: ParseFunction, blank: bytes, pipelines: int = 1,
+              pipeline_id: int = 0) -> tf.data.Dataset:
+    """The records of one record file, with statuses and counts, then its end-of-file marker.
 
     Args:
       file: {"path": string, "size": int64 bytes, "index": int32 (the file's number in the run's file list),
         "visit": int64 (how many files this pipeline opened before this one)}.
-      parse: (serialized, record index in the file, visit) -> dict of tensors holding at least
-        encoded_image, image_path and finite_logits (records.tf_parser's keys); it may raise.
-      blank: `blank_record(spec)`, parsed in place of the end-of-file marker.
+      parse_chunk: (serialized [m], positions [m] in their chunk, chunk key) -> dict of [m, ...] tensors
+        holding at least encoded_image, image_path, finite_logits and well_formed (records.tf_batch_parser's
+        keys). The chunk key (visit * CHUNK_STRIDE + the chunk's first record index) and the positions
+        identify each record of this file visit, for choices that must not depend on read order.
+      blank: `blank_record(spec)`, parsed as the end-of-file marker.
       pipelines, pipeline_id: keep only the records whose index in the file is pipeline_id modulo pipelines
         (sharding by record when there are fewer files than input pipelines).
 
     Returns:
-      A dataset of dicts: the parse's keys except encoded_image and image_path, plus image (the encoded
-      bytes), file_index, status (bad_records.GOOD, a reason's status, or MARKER) and counts ([R] float32:
-      the bad records of this file met since the previous element).
+      A dataset of dicts: the parse's keys except finite_logits and well_formed, plus image_format
+      (record_pixels' code of the stored bytes), file_index, status (bad_records.GOOD, a reason's status,
+      or MARKER: the end of the file) and counts ([R] float32: the file's bad records that no element stands
+      for, carried by the element after them: a lost chunk's, and the corruption on the marker).
     """
-    framed = (tf.data.TFRecordDataset(file["path"]).ignore_errors(log_warning=True)
+    framed = (tf.data.TFRecordDataset(file["path"]).ignore_errors(log_warning=True).batch(CHUNK)
               .map(lambda serialized: (serialized, False))
-              .concatenate(tf.data.Dataset.from_tensors((tf.constant(""), True))))
+              .concatenate(tf.data.Dataset.from_tensors((tf.constant([blank]), True))))
 
     def frame(state, item):
-        consumed, index = state
+        consumed, read = state
         serialized, end = item
-        advance = tf.cast(~end, tf.int64)
-        element = {"serialized": serialized, "record_index": index, "end": end,
-                   "corrupt": end & tf.not_equal(consumed, file["size"])}
-        length = tf.cast(tf.strings.length(serialized), tf.int64) + FRAME_BYTES
-        return (consumed + advance * length, index + advance), element
+        size = tf.where(end, tf.constant(0, tf.int64), tf.size(serialized, out_type=tf.int64))
+        length = tf.reduce_sum(tf.cast(tf.strings.length(serialized), tf.int64) + FRAME_BYTES)
+        chunk = {"serialized": serialized, "first_index": read, "end": end,
+                 "corrupt": end & tf.not_equal(consumed, file["size"]) & tf.equal(read % pipelines, pipeline_id)}
+        return (consumed + tf.where(end, tf.constant(0, tf.int64), length), read + size), chunk
 
-    framed = framed.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), frame)
-    if pipelines > 1:
-        framed = framed.filter(lambda element: element["end"] | tf.equal(element["record_index"] % pipelines,
-                                                                         pipeline_id))
+    def parse_stage(chunk):
+        end = chunk["end"]
+        indices = chunk["first_index"] + tf.range(tf.size(chunk["serialized"], out_type=tf.int64))
+        keep = end | tf.equal(indices % pipelines, pipeline_id)
+        serialized, indices = tf.boolean_mask(chunk["serialized"], keep), tf.boolean_mask(indices, keep)
+        fields = dict(parse_chunk(serialized, indices - chunk["first_index"],
+                                  file["visit"] * CHUNK_STRIDE + chunk["first_index"]))
+        finite, well_formed = fields.pop("finite_logits"), fields.pop("well_formed")
+        image_format = record_pixels.image_format_tensor(fields["encoded_image"])
+        stored = tf.strings.length(fields["encoded_image"]) > 0
+        status = tf.where(stored & tf.equal(image_format, record_pixels.UNSUPPORTED),
+                          bad_records.status_of("undecodable_image"), bad_records.GOOD)
+        status = tf.where(finite, status, bad_records.status_of("non_finite_logits"))
+        status = tf.where(well_formed, status, bad_records.status_of("malformed_record"))
+        status = tf.where(end, bad_records.MARKER, status)
+        # Serial numbers of the records this pipeline keeps; the marker's is the count of them.
+        serial = tf.where(end, (indices - pipeline_id + pipelines - 1) // pipelines, indices // pipelines)
+        corrupt = tf.cast(chunk["corrupt"], tf.float32) * bad_records.one_count("corrupt_record")
+        return dict(fields, image_format=image_format, status=status, serial=serial,
+                    counts=tf.tile(corrupt[None], [tf.size(status), 1]),
+                    file_index=tf.fill(tf.shape(status), file["index"]))
 
-    def parse_stage(parse_serial, element):
-        fields = dict(parse(tf.where(element["end"], tf.constant(blank), element["serialized"]),
-                            element["record_index"], file["visit"]))
-        finite = fields.pop("finite_logits")
-        status = tf.where(element["end"], bad_records.MARKER,
-                          tf.where(finite, bad_records.GOOD, bad_records.status_of("non_finite_logits")))
-        corrupt = element["corrupt"] & tf.equal(element["record_index"] % pipelines, pipeline_id)
-        return dict(fields, parse_serial=parse_serial, status=status, corrupt=corrupt)
-
-    def image_stage(image_serial, fields):
+    def count_lost(expected, fields):
+        """A chunk that did not parse (bytes that are not Examples) is lost whole: the serial numbers the next
+        chunk (or the marker) starts at show how many records went with it; its first element carries them."""
         fields = dict(fields)
-        encoded, path = fields.pop("encoded_image"), fields.pop("image_path")
-        read = tf.equal(fields["status"], bad_records.GOOD) & tf.equal(tf.strings.length(encoded), 0)
-        fields["image"] = tf.cond(read, lambda: tf.io.read_file(path), lambda: encoded)
-        return dict(fields, image_serial=image_serial)
+        serial = fields.pop("serial")
+        lost = tf.concat([serial, [expected]], axis=0)[0] - expected
+        first = tf.one_hot(0, tf.size(serial), dtype=tf.float32)[:, None]
+        fields["counts"] += first * tf.cast(lost, tf.float32) * bad_records.one_count("malformed_record")
+        return tf.concat([[expected - 1], serial], axis=0)[-1] + 1, fields
 
-    parsed = framed.enumerate().map(parse_stage).ignore_errors(log_warning=True)
-    with_images = (parsed.enumerate().map(image_stage, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                   .ignore_errors(log_warning=True))
-
-    def count(state, fields):
-        last_parse, last_image = state
-        fields = dict(fields)
-        parse_serial, image_serial = fields.pop("parse_serial"), fields.pop("image_serial")
-        missing = image_serial - last_image - 1
-        malformed = parse_serial - last_parse - 1 - missing
-        counts = (bad_records.one_count("missing_image", missing) + bad_records.one_count("malformed_record", malformed)
-                  + bad_records.one_count("corrupt_record", tf.cast(fields.pop("corrupt"), tf.float32)))
-        fields.update(counts=counts, file_index=file["index"])
-        return (parse_serial, image_serial), fields
-
-    counted = with_images.scan((tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)), count)
-    return counted.filter(lambda fields: tf.not_equal(fields["status"], bad_records.MARKER)
-                          | (tf.reduce_sum(fields["counts"]) > 0))
+    chunks = framed.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), frame).map(parse_stage)
+    return chunks.ignore_errors(log_warning=True).scan(tf.constant(0, tf.int64), count_lost).unbatch()
