@@ -194,3 +194,18 @@ def test_path_only_records_decode_in_the_graph_without_python(tmp_path):
     assert {"ReadFile", "DecodeJpeg", "DecodePng", "DecodeImage", "ParseExampleV2", "TFRecordDataset"} <= op_types
     images, targets = next(iter(dataset))
     assert sorted(targets["labels"].numpy().tolist()) == [0, 1, 2, 3] and float(images.numpy().std()) > 10
+
+
+def test_fewer_files_than_input_pipelines_shard_by_record(tmp_path):
+    """One file, two input pipelines: each keeps every other record (also through a chunk boundary and
+    past bad records), the two together every good record once."""
+    items = [_record(index) for index in range(record_files.CHUNK + 6)]
+    items[3] = _record(3, encoded=b"garbage")  # kept by pipeline 1, which skips it
+    _write(str(tmp_path / "one-0"), items)
+    seen = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2)
+        dataset = data.make_dataset(str(tmp_path / "one-*"), 32, 10, training=False, input_context=context)
+        seen.append([int(label) for _, targets in dataset for label in targets["labels"].numpy()])
+    expected = [item.label for item in items]
+    assert seen[0] == expected[0::2] and seen[1] == expected[1:3:2] + expected[5::2]

@@ -9,11 +9,17 @@ read-ahead, and sum correctly over replicas and workers. The reasons (`REASONS`)
 - corrupt_record: a TFRecord whose length or data CRC does not match (or a truncated file). TensorFlow's
   reader cannot resynchronize after one, so the rest of that file is lost for this pass over the data:
   counted once, as one bad example, however many records followed it (trainer/record_files.py);
-- malformed_record: a record that is not a soft-label record of the run's spec (it does not parse);
-- non_finite_logits: NaN or infinite teacher logits (`distillery.records.tf_parser`'s finite_logits);
+- malformed_record: a record of another format version, or whose sizes or class ids do not fit the run's
+  spec (`distillery.records.tf_batch_parser`'s well_formed); bytes that are not a tf.train.Example at all
+  lose the chunk of records parsed with them, all counted;
+- non_finite_logits: NaN or infinite teacher logits (tf_batch_parser's finite_logits);
 - missing_image: a path-only record whose image file cannot be read (missing, or no permission);
 - undecodable_image: image bytes of no format the trainer decodes (from their header), or that fail to
-  decode (`distillery.record_pixels`); for the latter the file is not known (the decode error is logged).
+  decode (`distillery.record_pixels`; the decoder's error is logged).
+
+Where an example is dropped (`number_and_drop` for the flagged ones, `ignore_errors` after the image
+read and the decode for the others), running totals and the gaps it leaves in the examples' numbers
+(`count_batches`) count it, and the record file it came from is kept for the error message.
 
 The training step adds `step_outputs(targets)` to its outputs (one `skipped/REASON` sum per reason and
 `skipped_file`, the index of a record file that held a bad record); `BadRecordLimit`, a hook of

@@ -2,14 +2,16 @@
 
 tf.data over the record files (local paths or gs://): the files are shuffled and read by a parallel
 interleave (`deterministic=False` in training, so a slow file never stalls the others; evaluation reads
-them in order), each through trainer/record_files.py (TFRecord framing, `distillery.records.tf_parser`,
-the image bytes: stored, else read from image/path with tf.io.read_file), the examples are shuffled, then
-each image is decoded and one of its V stored views replayed by `distillery.record_pixels` (TensorFlow ops
-only, no Python: decoding scales with the cores; the view is `distillery.views.crop_view`, the function
-extraction used), so the student sees the pixels the teacher saw. The view is drawn at random per example
-and per pass over the data, from a stateless seed (seed, input pipeline, the file's visit number, the
-record's index in its file): it depends on which record it is, not on when the interleave delivered it.
-Batches are prefetched; maps run with AUTOTUNE parallelism.
+them in order), each through trainer/record_files.py (TFRecord framing, `distillery.records.tf_batch_parser`
+on chunks of records, the view choice), the examples are shuffled, the bad ones dropped, the image bytes
+taken (stored, else read from image/path with tf.io.read_file, local or gs://), decoded and one of its V
+stored views replayed by `distillery.record_pixels` (TensorFlow ops only, no Python: decoding scales with
+the cores; the view is `distillery.views.crop_view`, the function extraction used), so the student sees
+the pixels the teacher saw. The view is drawn at random per example and per pass over the data, from a
+stateless seed (seed, input pipeline, the file's visit number, the record's index in its file): it depends
+on which record it is, not on when the interleave delivered it. Batches are prefetched; maps run with
+AUTOTUNE parallelism. No step runs a function per example but the image read and the decode: the rest is
+vectorized over chunks of records (docs/results.md "Training" has its cost against a bare loop).
 
 Bad examples never stop the pipeline: a corrupt TFRecord, a record that does not parse, non-finite
 logits, a missing or undecodable image are dropped and counted by reason, and every training batch
@@ -28,6 +30,7 @@ temperature=2.0)))[1]['teacher_probabilities'].shape)"
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -46,7 +49,8 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
                  teacher_image_size: tuple[int, int] | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cycle_length: int = DEFAULT_CYCLE_LENGTH,
                  input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool | None = None, deterministic: bool | None = None) -> tf.data.Dataset:
+                 repeat: bool | None = None, deterministic: bool | None = None,
+                 threads: int | None = None) -> tf.data.Dataset:
     """Batches of replayed views with their teacher targets.
 
     Args:
@@ -69,6 +73,8 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
       deterministic: whether the interleave delivers records in a fixed order (default: not `training`);
         True makes the stream a pure function of the seed (tests). A process with op determinism on
         (TF_DETERMINISTIC_OPS=1, tf.config.experimental.enable_op_determinism()) always reads in order.
+      threads: in training, the size of a private thread pool for this pipeline (0: tf.data's shared
+        pool, every core); default `input_threads()`.
 
     Returns:
       A dataset of (images [B, S, S, 3] float32 0..255, targets dict). targets always holds `labels`
@@ -161,7 +167,22 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
             return images, targets
 
         dataset = dataset.map(to_probabilities, num_parallel_calls=AUTOTUNE)
+    threads = input_threads() if threads is None else threads
+    if training and threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        dataset = dataset.with_options(options)
     return dataset.prefetch(AUTOTUNE)
+
+
+def input_threads() -> int:
+    """Threads for the training input pipeline: 0 (tf.data's shared pool, all cores) when an accelerator
+    trains, else a private pool of a quarter of the cores (at least one): on a CPU the train step needs the
+    cores, and an input pipeline on all of them slows it by more than it feeds it (docs/results.md
+    "Training": the loop against the step alone)."""
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return 0
+    return max(1, (os.cpu_count() or 1) // 4)
 
 
 def count_records(pattern: str | Sequence[str]) -> int:
