@@ -124,3 +124,12 @@ def test_sharding_over_input_pipelines_splits_the_records(record_glob):
             assert sum(len(set(ids)) for ids in seen) == len(set().union(*seen)), (where, seen)  # disjoint
             assert set().union(*seen) == every_id, where  # and together complete
 
+
+
+def test_training_input_on_a_cpu_has_a_private_thread_pool(record_glob):
+    """No accelerator here: the train step needs the cores, so the training input gets a quarter of them."""
+    training = data.make_dataset(record_glob, 32, 4, training=True, seed=0, shuffle_buffer=64)
+    assert training.options().threading.private_threadpool_size == max(1, os.cpu_count() // 4) == data.input_threads()
+    for shared in (data.make_dataset(record_glob, 32, 4, training=True, threads=0),
+                   data.make_dataset(record_glob, 32, 4, training=False)):
+        assert shared.options().threading.private_threadpool_size in (0, None)
