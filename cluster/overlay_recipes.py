@@ -56,7 +56,7 @@ TRAIN_KEYS = {"STUDENT": "student", "WIDTH": "width", "IMAGE_SIZE": "image_size"
               "ALPHA": "alpha", "TEMPERATURE": "temperature", "CHECKPOINT_EVERY": "checkpoint_every",
               "LOG_EVERY": "log_every", "SHUFFLE_BUFFER": "shuffle_buffer", "WARMUP_STEPS": "warmup_steps",
               "WEIGHT_DECAY": "weight_decay", "LABEL_SMOOTHING": "label_smoothing", "EMA_DECAY": "ema_decay",
-              "MIXED_PRECISION": "mixed_precision"}
+              "MIXED_PRECISION": "mixed_precision", "EVAL_EVERY": "eval_every"}
 EXTRACT_KEYS = {"SOURCE": "source", "VIEWS": "views", "TOP_K": "top_k", "LOGIT_DTYPE": "logit_dtype",
                 "STORE_IMAGE_MAX_SIDE": "store_image_max_side", "EXTRACT_BATCH_SIZE": "batch_size"}
 EVAL_EXTRACT_KEYS = {"EVAL_SOURCE": "source", "EVAL_VIEWS": "views"}

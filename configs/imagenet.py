@@ -25,6 +25,7 @@ TRAIN_IMAGES = 1_281_167
 GLOBAL_BATCH = 1024
 EPOCHS = 100
 WARMUP_EPOCHS = 5
+EVAL_EVERY_EPOCHS = 2  # 50,000 validation images every ~2,500 steps: best/ follows the run closely enough
 
 
 def students() -> tuple[StudentRun, ...]:
@@ -42,6 +43,7 @@ def settings(runlocal: bool) -> dict:
                "batch_size": 32 if runlocal else GLOBAL_BATCH, "steps": steps,
                "learning_rate": 0.05 if runlocal else 0.4, "optimizer": "sgd",
                "checkpoint_every": 0 if runlocal else 2000, "log_every": 5 if runlocal else 500,
+               "eval_every": 10 if runlocal else EVAL_EVERY_EPOCHS * TRAIN_IMAGES // GLOBAL_BATCH,
                "shuffle_buffer": 256 if runlocal else 16384,
                **({} if runlocal else {"warmup_steps": WARMUP_EPOCHS * TRAIN_IMAGES // GLOBAL_BATCH,
                                        "weight_decay": 4e-5, "label_smoothing": 0.1, "ema_decay": 0.9999,

@@ -195,7 +195,7 @@ TRAIN_ARGS = ["--train=$(TRAIN_GLOB)", "--eval=$(EVAL_GLOB)", "--model_dir=$(MOD
               "--temperature=$(TEMPERATURE)", "--checkpoint_every=$(CHECKPOINT_EVERY)", "--log_every=$(LOG_EVERY)",
               "--shuffle_buffer=$(SHUFFLE_BUFFER)", "--warmup_steps=$(WARMUP_STEPS)",
               "--weight_decay=$(WEIGHT_DECAY)", "--label_smoothing=$(LABEL_SMOOTHING)", "--ema_decay=$(EMA_DECAY)",
-              "--mixed_precision=$(MIXED_PRECISION)", "--strategy=multi_worker"]
+              "--mixed_precision=$(MIXED_PRECISION)", "--eval_every=$(EVAL_EVERY)", "--strategy=multi_worker"]
 
 
 def test_jobset_is_multi_worker_gpu_training_that_resumes(rendered):

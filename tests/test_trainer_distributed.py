@@ -100,6 +100,46 @@ def test_two_mirrored_replicas_reach_the_weights_of_one_replica(record_glob, une
 
 
 @pytest.mark.slow
+def test_synchronized_batch_norm_over_two_replicas_gives_the_statistics_of_one_device_on_the_global_batch(
+        record_glob, tmp_path):
+    """mobilenet_v2 (a batch norm after every convolution, no dropout), one step at a global batch of 8:
+    with --sync_batch_norm two replicas of 4 images move the moving means and variances, and every weight,
+    as one device does on all 8; without it each replica normalizes by its own 4 images and they do not."""
+    import keras
+
+    config = _config(record_glob, str(tmp_path / "run"), student="mobilenet_v2", steps=1, sync_batch_norm=True)
+    request = {"mode": "mirrored", "config": config, "weights_out": str(tmp_path / "weights.npz"),
+               "initial_out": str(tmp_path / "initial.npz")}
+    unsynchronized_request = {"mode": "mirrored", "two_only": True, "weights_out": str(tmp_path / "plain.npz"),
+                              "config": dict(config, sync_batch_norm=False, model_dir=str(tmp_path / "plain"))}
+    for each in (request, unsynchronized_request):  # a process each (trainer_subprocess_main.py says why)
+        result = subprocess.run([sys.executable, HELPER, json.dumps(each)], env=_env(TF_DETERMINISTIC_OPS="1"),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+    weights, initial = _weights(request["weights_out"]), _weights(request["initial_out"])
+    one, two = weights[: len(weights) // 2], weights[len(weights) // 2:]
+    start = initial[: len(one)]  # both runs start from the same seed's weights (checked by the test above)
+    unsynchronized = _weights(unsynchronized_request["weights_out"])
+    names = [variable.path for variable in keras.saving.load_model(str(tmp_path / "run-one" / "student.keras")).weights]
+    assert len(names) == len(one) == len(two) == len(unsynchronized) == len(start)
+    statistics = [index for index, name in enumerate(names) if "moving_variance" in name]
+    assert len(statistics) == 52  # MobileNetV2's batch norms
+
+    def close(index, other):
+        """Moved like the one-device run: to 5e-3 of the array's largest change (4-image batch norms make
+        gradients in the hundreds, which the all-reduced sums round differently)."""
+        change = np.abs(one[index] - start[index]).max()
+        return np.allclose(other[index] - start[index], one[index] - start[index], rtol=0, atol=5e-3 * change + 1e-5)
+
+    for index in statistics:  # the variances moved from their initial 1 ...
+        assert np.abs(one[index] - 1.0).max() > 1e-4, names[index]
+    mismatched = [names[index] for index in range(len(one)) if not close(index, two)]
+    assert mismatched == []  # ... and every array moved as on one device
+    differs = [names[index] for index in statistics if not close(index, unsynchronized)]
+    assert len(differs) > len(statistics) // 2, differs  # per-replica statistics are not the global batch's
+
+
+@pytest.mark.slow
 def test_two_worker_processes_finish_with_identical_weights(record_glob, uneven_eval_glob, tmp_path):
     ports = fixtures.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

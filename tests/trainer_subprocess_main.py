@@ -13,6 +13,8 @@ Modes:
     `eval_pattern` under each (trainer.task.evaluate at `eval_batch_size`); write both results and the
     weights as JSON / npz to `out` and `weights_out`.
   multi_worker: train with MultiWorkerMirroredStrategy from TF_CONFIG; save the final weights.
+    With `two_only`, only the run on both devices (a second MirroredStrategy after one whose batch norms
+    all-reduce fails in one process: its collectives' instance keys no longer match).
 """
 
 import json
@@ -66,11 +68,11 @@ def main(argv):
         devices = [device.name for device in tf.config.list_logical_devices("CPU")]
         assert len(devices) == 2, devices
         weights = {}
-        for name, strategy in (("one", tf.distribute.OneDeviceStrategy(devices[0])),
-                               ("two", tf.distribute.MirroredStrategy(devices))):
+        runs = (("one", tf.distribute.OneDeviceStrategy(devices[0])), ("two", tf.distribute.MirroredStrategy(devices)))
+        for name, strategy in runs[1:] if request.get("two_only") else runs:
             weights[name], summary = run(strategy, model_dir=request["config"]["model_dir"] + "-" + name)
             assert summary["replicas"] == (1 if name == "one" else 2), summary
-        np.savez(request["weights_out"], *[w for name in ("one", "two") for w in weights[name]])
+        np.savez(request["weights_out"], *[w for name in ("one", "two") if name in weights for w in weights[name]])
         if request.get("initial_out"):
             np.savez(request["initial_out"], *[w for weights in initial for w in weights])
     elif mode == "multi_worker":

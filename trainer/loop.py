@@ -115,6 +115,12 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
         raise TrainInputError(f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise TrainInputError(f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.jit_compile and config.sync_batch_norm:
+        # The synchronized batch norms all-reduce inside the forward pass: a cross-replica call (merge_call)
+        # that tf.distribute refuses inside the XLA-compiled function ("merge_call called while defining a
+        # new graph or a tf.function").
+        raise TrainInputError("--jit_compile and --sync_batch_norm cannot be combined: the batch norms' "
+                              "all-reduce would run inside the XLA-compiled pass, which tf.distribute refuses")
     if config.eval_every < 0:
         raise TrainInputError(f"--eval_every must be >= 0, got {config.eval_every}")
     if config.eval_every and not config.eval_pattern:
@@ -143,8 +149,8 @@ def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=Non
         alpha=config.alpha, temperature=config.temperature, student=config.student, width=config.width,
         num_classes=spec.num_classes, optimizer=config.optimizer, learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-        mixed_precision=config.mixed_precision,
-        teacher=teacher,
+        mixed_precision=config.mixed_precision, jit_compile=config.jit_compile,
+        sync_batch_norm=config.sync_batch_norm, teacher=teacher,
         spec=spec, seed=config.seed, shuffle_buffer=config.shuffle_buffer, eval_pattern=config.eval_pattern,
         eval_batch_size=config.eval_batch_size)
 

@@ -12,7 +12,8 @@ slots are in the checkpoint), the recipe settings that change what the weights a
 and their record spec. May change (`MAY_CHANGE`): --steps (train longer; the cosine decay is then spread
 over the new --steps), --batch_size, --learning_rate and --warmup_steps, the log, checkpoint and eval
 intervals, --eval and its batch size, --seed and --shuffle_buffer (the resumed stream is reseeded anyway),
---max_checkpoints, the strategy and its replicas; the changes are logged. A setting in neither list counts as fixed.
+--max_checkpoints, the strategy and its replicas, --jit_compile and --sync_batch_norm (how a step is
+computed, not what the weights are); the changes are logged. A setting in neither list counts as fixed.
 
     python -c "from trainer import resume; print(resume.FIXED, resume.MAY_CHANGE)"
 """
@@ -37,7 +38,7 @@ FIXED = ("train_pattern", "student", "width", "image_size", "teacher", "alpha", 
 MAY_CHANGE = ("model_dir", "overwrite", "steps", "batch_size", "learning_rate", "warmup_steps", "checkpoint_every",
               "log_every",
               "max_checkpoints", "eval_pattern", "eval_batch_size", "eval_every", "seed", "shuffle_buffer",
-              "num_classes", "trust_saved_model", "max_bad_fraction")
+              "num_classes", "trust_saved_model", "max_bad_fraction", "jit_compile", "sync_batch_norm")
 # What --overwrite removes: every file and folder a run writes into its model_dir.
 OUTPUT_NAMES = ("checkpoints", "logs", "best", "saved_model", "student.keras", "summary.json", RUN_CONFIG)
 SHOWN_FILES = 3

@@ -91,3 +91,25 @@ def build_student(name: str, width: float, image_size: int, num_classes: int, ch
         backbone = keras.applications.MobileNetV3Large(include_preprocessing=False, **common)
     # keras.applications traced the graph from `inputs` (the source of input_tensor); rename the model.
     return keras.Model(backbone.inputs[0], backbone.outputs[0], name=model_name)
+
+
+def with_synchronized_batch_norm(model: keras.Model) -> keras.Model:
+    """`model` rebuilt with every BatchNormalization layer synchronized across replicas, same weights.
+
+    Keras' `synchronized=True` all-reduces each batch-norm layer's sum, sum of squares and count over the
+    strategy's replicas, so with many replicas of a few images each the batch statistics (and the moving
+    averages they update) are those of the global batch rather than of each replica's share. Build
+    under the strategy's scope; a model without batch norm (small_cnn) comes back unchanged in value.
+    The exported student is a plain one (trainer/export.py rebuilds it): inference uses the moving
+    averages and needs no all-reduce.
+    """
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    synchronized = keras.models.clone_model(model, clone_function=clone_layer)
+    synchronized.set_weights(model.get_weights())
+    return synchronized

@@ -45,20 +45,18 @@ def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: in
 
 
 def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-                    global_batch_size: int, alpha: float, temperature: float, teacher=None, label_smoothing: float = 0.0):
+                    global_batch_size: int, alpha: float, temperature: float, teacher=None, label_smoothing: float = 0.0,
+                    jit_compile: bool = False):
     """The per-replica step, run by `strategy.run`; returns the replicas' loss sums reduced (SUM).
 
     The returned function takes a distributed batch (images, targets) and must be called inside a
-    tf.function. Gradients are taken with respect to the student's trainable variables only.
+    tf.function. Gradients are taken with respect to the student's trainable variables only. With
+    `jit_compile` the student's forward and backward pass (the loss and its gradients) are one XLA
+    cluster per replica; the optimizer's update, with its all-reduce of the gradients, stays outside it,
+    where tf.distribute's cross-replica calls are allowed.
     """
 
-    def replica_step(images, targets):
-        labels = targets["labels"]
-        if teacher is not None:
-            teacher_logits = tf.stop_gradient(teacher(targets["teacher_images"]))
-            teacher_probabilities = tf.nn.softmax(teacher_logits / temperature, axis=-1)
-        else:
-            teacher_probabilities = targets["teacher_probabilities"]
+    def forward_backward(images, labels, teacher_probabilities):
         with tf.GradientTape() as tape:
             student_logits = tf.cast(student(images, training=True), tf.float32)  # float32 under mixed precision
             per_example = losses.distillation_loss(labels, student_logits, teacher_probabilities, alpha, temperature,
@@ -67,7 +65,19 @@ def make_train_step(student: keras.Model, optimizer: keras.optimizers.Optimizer,
             if student.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(student.losses))
             loss = optimizer.scale_loss(loss)  # float16's LossScaleOptimizer: scaled (unscaled in apply_gradients)
-        gradients = tape.gradient(loss, student.trainable_variables)
+        return tape.gradient(loss, student.trainable_variables), student_logits, per_example
+
+    if jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, targets):
+        labels = targets["labels"]
+        if teacher is not None:
+            teacher_logits = tf.stop_gradient(teacher(targets["teacher_images"]))
+            teacher_probabilities = tf.nn.softmax(teacher_logits / temperature, axis=-1)
+        else:
+            teacher_probabilities = targets["teacher_probabilities"]
+        gradients, student_logits, per_example = forward_backward(images, labels, teacher_probabilities)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
         cross_entropy, kl_divergence = losses.distillation_terms(labels, student_logits, teacher_probabilities,
                                                                  temperature)
@@ -156,6 +166,9 @@ class DistillationTask:
         cosine decay to 0, decoupled weight decay of the kernels).
       label_smoothing: on the hard-label term of the loss.
       mixed_precision: float32, or bfloat16 / float16: the student's layers compute in it (trainer/precision.py).
+      jit_compile: the forward and backward pass of the train step XLA-compiled (see make_train_step).
+      sync_batch_norm: batch-norm statistics over the global batch, all-reduced over the replicas
+        (students.with_synchronized_batch_norm).
       teacher: online mode: a teacher run inside the step (None: offline, from the records).
       spec: the records' RecordSpec (read from the files when None).
       seed: the data order and the view choices.
@@ -177,6 +190,8 @@ class DistillationTask:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     mixed_precision: str = "float32"
+    jit_compile: bool = False
+    sync_batch_norm: bool = False
     teacher: object = None
     spec: records.RecordSpec | None = None
     seed: int = 0
@@ -197,7 +212,8 @@ class DistillationTask:
         """A freshly initialized student (call inside the strategy's scope)."""
         num_classes = self.num_classes or self.record_spec().num_classes
         with precision.policy(self.mixed_precision):
-            return students.build_student(self.student, self.width, self.image_size, num_classes)
+            model = students.build_student(self.student, self.width, self.image_size, num_classes)
+            return students.with_synchronized_batch_norm(model) if self.sync_batch_norm else model
 
     def create_optimizer(self, decay_steps: int, variables=()) -> keras.optimizers.Optimizer:
         """The optimizer (not built); weight decay leaves the rank-0/1 `variables` (biases, batch norm) alone."""
@@ -233,7 +249,7 @@ class DistillationTask:
         """
         replica_step = make_train_step(model, optimizer, strategy or tf.distribute.get_strategy(),
                                        self.global_batch_size, self.alpha, self.temperature, self.teacher,
-                                       self.label_smoothing)
+                                       self.label_smoothing, self.jit_compile)
 
         @tf.function
         def train_step(iterator):

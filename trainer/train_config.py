@@ -42,6 +42,11 @@ class TrainConfig:
     mixed_precision: str = option("float32", choices=precision.PRECISIONS,
                                   help="The student's layers compute in bfloat16 or float16 (float32 variables; "
                                        "float16 with loss scaling); the exported student is float32.")
+    jit_compile: bool = option(False, help="XLA-compile each replica's forward and backward pass (the optimizer "
+                                           "update and the gradient all-reduce stay outside it).")
+    sync_batch_norm: bool = option(False, help="Batch-norm statistics over the global batch (all-reduced over the "
+                                               "replicas) instead of each replica's share: for many replicas with "
+                                               "few images each.")
     ema_decay: float = option(0.0, lower_bound=0.0, help="Keep an exponential moving average of the weights with "
                                                          "this decay, updated after each step and checkpointed; "
                                                          "the exported student is the average (0: off).")
