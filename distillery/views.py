@@ -177,13 +177,21 @@ def compiled_crop_views(size: tuple[int, int]) -> Callable:
     float32, each view exactly `crop_view`'s, one graph call instead of ~10 eager ops per view.
     Extraction's per-image path: a tf.function call costs ~0.6 ms of fixed overhead on the demo machine,
     more than cropping a small image, so one call per image instead of one per view (quantization's
-    calibration passes one view). Cached per process, so every caller shares one traced graph."""
+    calibration passes one view). A single view (V = 1: evaluation records, calibration) skips the map_fn
+    loop, whose TensorArray machinery cost about a quarter of the crop (docs/results.md). Cached per
+    process, so every caller shares one traced graph."""
     signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
                  tf.TensorSpec([None], tf.bool)]
 
     def crop_all(image, crops, flips):
-        return tf.map_fn(lambda view: crop_view(image, view[0], view[1], tuple(size)), (crops, flips),
-                         fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
+        def each_view():
+            return tf.map_fn(lambda view: crop_view(image, view[0], view[1], tuple(size)), (crops, flips),
+                             fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
+
+        def one_view():
+            return crop_view(image, crops[0], flips[0], tuple(size))[None]
+
+        return tf.cond(tf.shape(crops)[0] == 1, one_view, each_view)
 
     return tf.function(crop_all, input_signature=signature)
 

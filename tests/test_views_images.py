@@ -163,3 +163,8 @@ def test_compiled_crop_views_equals_crop_view_per_view(height, width):
         patch = image[box[0]:box[1], box[2]:box[3]].astype(np.float32)
         patch = patch[:, ::-1] if flips[index] else patch
         np.testing.assert_allclose(one, tf.image.resize(patch, (16, 12), antialias=True).numpy(), atol=2e-3)
+        alone = views.compiled_crop_views((16, 12))(image, crops[index:index + 1].astype(np.float32),
+                                                     flips[index:index + 1]).numpy()  # V = 1: no map_fn
+        assert alone.shape == (1, 16, 12, 3)
+        np.testing.assert_allclose(alone[0], one, atol=1e-4)
+    assert flips.any() and not flips.all()  # both branches of the flip went through the single-view path
