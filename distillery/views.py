@@ -178,7 +178,7 @@ def compiled_crop_views(size: tuple[int, int]) -> Callable:
     Extraction's per-image path: a tf.function call costs ~0.6 ms of fixed overhead on the demo machine,
     more than cropping a small image, so one call per image instead of one per view (quantization's
     calibration passes one view). A single view (V = 1: evaluation records, calibration) skips the map_fn
-    loop, whose TensorArray machinery cost about a quarter of the crop (docs/results.md). Cached per
+    loop and its TensorArray machinery (its cost: docs/results.md "Extraction"). Cached per
     process, so every caller shares one traced graph."""
     signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
                  tf.TensorSpec([None], tf.bool)]

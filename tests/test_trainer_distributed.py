@@ -126,10 +126,8 @@ def test_synchronized_batch_norm_over_two_replicas_gives_the_statistics_of_one_d
     assert len(statistics) == 52  # MobileNetV2's batch norms
 
     def close(index, other):
-        """Moved like the one-device run: to 5e-3 of the array's largest change (4-image batch norms make
-        gradients in the hundreds, which the all-reduced sums round differently)."""
-        change = np.abs(one[index] - start[index]).max()
-        return np.allclose(other[index] - start[index], one[index] - start[index], rtol=0, atol=5e-3 * change + 1e-5)
+        """Moved like the one-device run (the all-reduced sums round differently)."""
+        return fixtures.moved_alike(start[index], one[index], other[index])
 
     for index in statistics:  # the variances moved from their initial 1 ...
         assert np.abs(one[index] - 1.0).max() > 1e-4, names[index]

@@ -22,6 +22,15 @@ NUM_CLASSES = 5
 TEACHER_SIZE = 24
 
 
+def moved_alike(start: np.ndarray, expected: np.ndarray, actual: np.ndarray) -> bool:
+    """Whether `actual` moved from `start` as `expected` did, to 5e-3 of the array's largest change (+1e-5):
+    the tolerance of comparing one step computed two ways (XLA or not, one device or an all-reduce over
+    two). At 32 px with 4-image batch norms the gradients are in the hundreds; the two ways agreed to at
+    most 2e-3 of each array's largest change (tests/test_trainer_recipe.py, test_trainer_distributed.py)."""
+    change = np.abs(expected - start).max()
+    return bool(np.allclose(actual - start, expected - start, rtol=0, atol=5e-3 * change + 1e-5))
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free TCP ports on 127.0.0.1 (for TF_CONFIG clusters of local processes)."""
     sockets = [socket.socket() for _ in range(count)]
