@@ -31,16 +31,13 @@ fashion-mnist:
 	    || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
 	else echo "note: not root or no apt-get; install dataset-fashion-mnist by hand for the Fashion-MNIST tests"; fi
 
-# Two passes: every test but the demo's chain on the xdist workers, then the chain alone (the demo's, and the
-# same chain as the Kubeflow pipeline run with kfp.local: tests marked demo_chain). The chain
-# runs up to three commands at once itself; beside another worker on two cores it took 215-238 s
-# instead of 153-168 s alone (README "The end-to-end run").
-# The chain runs even when the first pass fails; the target fails if either does.
+# One pass on the xdist workers, --dist loadgroup: the two tiny chains (the demo's, and the same chain as the
+# Kubeflow pipeline run with kfp.local; tests marked demo_chain, xdist_group "chain") run one after the other
+# on one worker, scheduled first (the largest group), while the other worker takes the rest test by test.
+# The chain starts up to three commands at once itself and leaves cores idle between them; in a pass of its
+# own the suite took 689 + 505 s on 2 cores (docs/results.md "The test suite").
 test: install lint
-	rc=0; \
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not demo_chain" tests || rc=$$?; \
-	$(PY) -m pytest -m demo_chain tests/test_demo_chain.py tests/test_kfp_local_run.py || rc=$$?; \
-	exit $$rc
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 # ruff (pinned in setup.py and constraints.txt, configured in ruff.toml); make test runs it first.
 lint: install

@@ -18,9 +18,9 @@ from distillery import records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# `make test` runs this module in a pytest pass of its own (Makefile): the chain starts up to three
-# commands at once, and beside another xdist worker on two cores it ran ~40% longer.
-pytestmark = pytest.mark.demo_chain
+# One xdist worker runs both chains, one after the other (Makefile); beside the other worker's tests a chain
+# runs slower than alone, hence a longer timeout than pytest.ini's 600 s.
+pytestmark = [pytest.mark.demo_chain, pytest.mark.xdist_group("chain"), pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ from distillery import records, tflite_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = demo_config.TINY
 
-# `make test` runs this module in the pass of the demo chain (Makefile): it starts up to two steps at once.
-pytestmark = pytest.mark.demo_chain
+# One xdist worker runs both chains, one after the other (Makefile); beside the other worker's tests a chain
+# runs slower than alone, hence a longer timeout than pytest.ini's 600 s.
+pytestmark = [pytest.mark.demo_chain, pytest.mark.xdist_group("chain"), pytest.mark.timeout(1500)]
 
 
 def run_pipeline(output_dir: str, *flags: str) -> subprocess.CompletedProcess:
