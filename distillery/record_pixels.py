@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +56,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY, _PNG_PALETTE, _PNG_GREY_ALPHA, _PNG_RGBA = 0, 3, 4, 6
 _WEBP_ANIMATION, _WEBP_EXTENDED_ALPHA = 0x02, 0x10  # VP8X flags
 _VP8L_SIGNATURE = 0x2F
+JPEG_WINDOW_MARGIN = 16  # pixels decoded past a view's box (decode_view_tensor); 8 was already exact
 
 
 class UnsupportedChannelsError(ValueError):
@@ -185,6 +186,53 @@ def decode_tensor(encoded: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
 def view_tensor(image: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor, size: int | Sequence[int]) -> tf.Tensor:
     """A stored view (crop box, flip) of a decoded image in the graph: [h, w, 3] float32 0..255."""
     return views.crop_view(image, crop, flip, _size(size))
+
+
+def decode_view_tensor(data: tf.Tensor, image_format: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor,
+                       size: int | Sequence[int]) -> tf.Tensor:
+    """`view_tensor(decode_image_tensor(data, image_format), crop, flip, size)`, the same pixels, decoding
+    of a JPEG only the window the view needs (tf.io.decode_and_crop_jpeg: libjpeg skips the rest; a
+    RandomResizedCrop box covers half the image on average).
+
+    The window reaches JPEG_WINDOW_MARGIN pixels past the box on each side: at a window's edge libjpeg
+    upsamples the chroma from the window alone, which changes the edge pixels by up to 3 of 255 on 4:2:0
+    images; past the margin the pixels are those of the whole image's decode, to the bit
+    (tests/test_record_pixels.py).
+
+    Raises:
+      tf.errors.InvalidArgumentError (when run): as `decode_image_tensor`.
+    """
+    return _decode_box_view(data, image_format, lambda height, width: crop, flip, size)
+
+
+def decode_eval_view_tensor(data: tf.Tensor, image_format: tf.Tensor, size: int | Sequence[int]) -> tf.Tensor:
+    """`eval_view_tensor(decode_image_tensor(data, image_format), size)`, the same pixels, decoding of a JPEG
+    only the centre crop's window (as `decode_view_tensor`)."""
+    return _decode_box_view(data, image_format, views.centre_crop_tensor, False, size)
+
+
+def _decode_box_view(data: tf.Tensor, image_format: tf.Tensor, box: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                     flip, size: int | Sequence[int]) -> tf.Tensor:
+    """The view of crop box `box(height, width)` (fractions): a JPEG decoded in the box's window plus
+    JPEG_WINDOW_MARGIN, any other format decoded whole."""
+    def jpeg_view():
+        shape = tf.io.extract_jpeg_shape(data)
+        height, width = shape[0], shape[1]
+        y0, y1, x0, x1 = views.pixel_box(box(height, width), height, width)
+        top, left = tf.maximum(y0 - JPEG_WINDOW_MARGIN, 0), tf.maximum(x0 - JPEG_WINDOW_MARGIN, 0)
+        bottom, right = tf.minimum(y1 + JPEG_WINDOW_MARGIN, height), tf.minimum(x1 + JPEG_WINDOW_MARGIN, width)
+        window = tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, bottom - top, right - left]), channels=3,
+                                            dct_method="INTEGER_ACCURATE")
+        return views.patch_view(window[y0 - top:y1 - top, x0 - left:x1 - left, :], flip, _size(size))
+
+    def whole_image_view():
+        image = decode_image_tensor(data, image_format)
+        shape = tf.shape(image)
+        return views.crop_view(image, box(shape[0], shape[1]), flip, _size(size))
+
+    view = tf.cond(tf.equal(image_format, JPEG), jpeg_view, whole_image_view)
+    view.set_shape([*_size(size), 3])
+    return view
 
 
 def eval_view_tensor(image: tf.Tensor, size: int | Sequence[int]) -> tf.Tensor:

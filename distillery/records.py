@@ -390,26 +390,45 @@ def read_records(pattern: str | Sequence[str], limit: int | None = None) -> Iter
             count += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Survey:
+    """What the first record of every file of a dataset says: their shared spec, and whether they all hold
+    their image bytes (extraction writes every record of a run alike: stored images, or paths only)."""
+
+    spec: RecordSpec
+    images_stored: bool
+
+
+def survey(pattern: str | Sequence[str]) -> Survey:
+    """The Survey of `pattern`'s files, from the first record of every file (one read each).
+
+    Raises:
+      RecordError: when a file is empty, malformed, or disagrees with the first file.
+    """
+    spec, first_path, images_stored = None, None, True
+    for path in expand_paths(pattern):
+        first = next(iter(iterate_serialized(path)), None)
+        if first is None:
+            raise RecordError(f"{path}: holds no records")
+        try:
+            record = _parse(first)
+        except ValueError as error:
+            raise RecordError(f"{path}: record 0: {error}") from None
+        if spec is None:
+            spec, first_path = record.spec, path
+        elif record.spec != spec:
+            raise RecordError(f"{path}: records of {record.spec} do not match {first_path} ({spec})")
+        images_stored = images_stored and bool(record.encoded_image)
+    return Survey(spec, images_stored)
+
+
 def read_spec(pattern: str | Sequence[str]) -> RecordSpec:
     """The RecordSpec shared by the records of `pattern`, checked on the first record of every file.
 
     Raises:
       RecordError: when a file is empty, malformed, or disagrees with the first file.
     """
-    spec, first_path = None, None
-    for path in expand_paths(pattern):
-        first = next(iter(iterate_serialized(path)), None)
-        if first is None:
-            raise RecordError(f"{path}: holds no records")
-        try:
-            file_spec = _parse(first).spec
-        except ValueError as error:
-            raise RecordError(f"{path}: record 0: {error}") from None
-        if spec is None:
-            spec, first_path = file_spec, path
-        elif file_spec != spec:
-            raise RecordError(f"{path}: records of {file_spec} do not match {first_path} ({spec})")
-    return spec
+    return survey(pattern).spec
 
 
 def write_records(path: str, records: Iterable[SoftLabelRecord]) -> int:

@@ -135,11 +135,11 @@ def pytest_collection_finish(session):
     """Under `--dist loadgroup` (make test) the two tiny chains must share one worker, or each chain runs
     twice. pytest 9.2 silently breaks that (xdist 3.8 tags the group on a node id it no longer reads,
     pytest-xdist#1386; constraints.txt pins 9.1.1): fail at collection instead of running 9 minutes longer."""
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # absent under -p no:xdist
         return
     lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
     if lost:  # on an xdist worker a raise shows only as an INTERNALERROR; the message goes to stderr too
         message = (f"--dist loadgroup lost the xdist_group of {len(lost)} tests (first {lost[0]}): "
-                                "a pytest this xdist does not support (pytest-xdist#1386); make install pins a working one")
+                   "a pytest this xdist does not support (pytest-xdist#1386); make install pins a working one")
         sys.stderr.write(message + "\n")
         raise pytest.UsageError(message)

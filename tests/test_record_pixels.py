@@ -122,6 +122,34 @@ def test_graph_and_numpy_decoders_give_extractions_pixels(tmp_path, kind):
         np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)
 
 
+@pytest.mark.parametrize("options", [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2},
+                                     {"progressive": True, "quality": 60}, {"mode": "L"}, {"mode": "CMYK"},
+                                     {"format": "PNG"}])
+def test_a_view_decoded_in_its_jpeg_window_has_the_pixels_of_the_whole_decode(options):
+    """decode_view_tensor / decode_eval_view_tensor decode a JPEG only in the view's window (plus a margin
+    for the chroma upsampling at its edges): the same pixels, to the bit, as decoding the whole image, for
+    every chroma subsampling, progressive, grey and CMYK JPEGs, boxes at the edges and boxes of one pixel;
+    other formats take the whole decode."""
+    options = dict(options)
+    mode, image_format = options.pop("mode", "RGB"), options.pop("format", "JPEG")
+    rng = np.random.default_rng(7)
+    smooth = np.cumsum(np.cumsum(rng.integers(-9, 10, (157, 203, 3)), axis=0), axis=1)  # photo-like gradients
+    rgb = ((smooth - smooth.min()) * 255 // max(1, np.ptp(smooth))).astype(np.uint8)
+    encoded = tf.constant(_save(Image.fromarray(rgb).convert(mode), format=image_format, **options))
+    image_format = record_pixels.image_format_tensor(encoded)
+    image = record_pixels.decode_image_tensor(encoded, image_format)
+    corners = [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.01, 0.01], [0.99, 0.99, 1.0, 1.0], [0.31, 0.0, 0.77, 0.4]]
+    random = [sorted(rng.uniform(0, 1, 2)) for _ in range(12)]
+    boxes = corners + [[a[0], b[0], a[1], b[1]] for a, b in zip(random[::2], random[1::2])]
+    for index, box in enumerate(boxes):
+        crop, flip = tf.constant(box, tf.float32), tf.constant(index % 2 == 1)
+        for size in (24, (160, 96)):  # downscales and upscales
+            np.testing.assert_array_equal(record_pixels.decode_view_tensor(encoded, image_format, crop, flip, size),
+                                          record_pixels.view_tensor(image, crop, flip, size), err_msg=f"{box} {size}")
+    np.testing.assert_array_equal(record_pixels.decode_eval_view_tensor(encoded, image_format, 48),
+                                  record_pixels.eval_view_tensor(image, 48))
+
+
 def test_a_transparent_gif_colour_is_black_in_the_trainer_and_white_in_extraction():
     """The one decodable original whose pixels differ: TensorFlow's GIF decoder fills the transparent colour
     with black, PIL (decode_rgb) composites it on white; every other pixel is the same."""

@@ -1,8 +1,9 @@
 """Bad records do not kill a run: each is skipped and counted by reason; too many, or a non-finite loss, stop it.
 
-One record file holds, in this order: five good records, a record whose stored image is garbage, a
-path-only record whose file is missing, a record with NaN logits, a corrupt record (its data CRC does not
-match) and a good record after it, which the corruption loses. Read in order (one file, shuffle buffer 1),
+One record file holds, in this order: five good records (the first path-only, so that the pipeline reads
+images in a step of its own and tells a missing file from an undecodable one), a record whose stored
+image is garbage, a path-only record whose file is missing, a record with NaN logits, a corrupt record
+(its data CRC does not match) and a good record after it, which the corruption loses. Read in order (one file, shuffle buffer 1),
 the five good examples of one pass fill a batch of 5, and the bad ones met after them ride with the next
 batch: one of each reason per pass.
 
@@ -62,7 +63,9 @@ def bad_glob(tmp_path_factory):
     nan = _record(7)
     nan.logits = nan.logits.copy()
     nan.logits[1, 0] = np.nan
-    items = [_record(index) for index in GOOD_LABELS] + [
+    first_image = directory / "img0.png"
+    first_image.write_bytes(fixtures.png_bytes(fixtures.make_image(0)))
+    items = [_record(0, image_path=str(first_image))] + [_record(index) for index in GOOD_LABELS[1:]] + [
         _record(5, encoded=b"this is not an image, whatever its record says"),
         _record(6, image_path=str(directory / "missing.png")),
         nan, _record(8), _record(9)]
@@ -162,6 +165,26 @@ def test_records_of_another_version_truncated_files_and_images_that_fail_to_deco
         assert sorted(targets["labels"].numpy().tolist()) == [0, 1, 2]
         assert _counts(targets) == (dict.fromkeys(bad_records.REASONS, 0) if index == 0 else per_pass)
         assert targets[bad_records.BAD_FILE].numpy()[-1] == (-1 if index == 0 else 0)
+
+
+def test_records_that_store_their_images_are_read_and_decoded_in_one_step(tmp_path):
+    """When every file's first record stores its image, read and decode are one step: a gap there counts as
+    undecodable_image, a path-only record's missing file among stored ones too (data.make_dataset)."""
+    jpeg = tf.io.encode_jpeg(fixtures.make_image(3)).numpy()
+    items = [_record(0), _record(1), _record(2, image_path=str(tmp_path / "missing.png")),
+             _record(3, encoded=jpeg[:60]), _record(4)]
+    _write(str(tmp_path / "s-0"), items)
+    pattern = str(tmp_path / "s-*")
+    assert records.survey(pattern) == records.Survey(records.read_spec(pattern), images_stored=True)
+    training = data.make_dataset(pattern, 32, 3, training=True, seed=0, shuffle_buffer=1)
+    per_pass = dict.fromkeys(bad_records.REASONS, 0) | {"undecodable_image": 2}
+    for _, targets in training.take(3):  # the bad records 2 and 3 ride with record 4, in every pass
+        assert sorted(targets["labels"].numpy().tolist()) == [0, 1, 4]
+        assert _counts(targets) == per_pass
+    # The same records read in two steps (as when a file's first record is path-only) tell the two apart.
+    two_steps = data.make_dataset(pattern, 32, 3, training=True, seed=0, shuffle_buffer=1, images_stored=False)
+    assert [_counts(targets) for _, targets in two_steps.take(2)] == [dict(per_pass, missing_image=1,
+                                                                          undecodable_image=1)] * 2
 
 
 def test_bytes_that_are_not_examples_lose_their_chunk(tmp_path):

@@ -100,8 +100,9 @@ def number_and_drop(dataset: tf.data.Dataset, chunk: int = 64) -> tf.data.Datase
         numbered = dict(examples, position=position + tf.range(count), totals=running,
                         nongood=nongood + tf.cumsum(not_good), bad_file=files)
         good = tf.equal(status, GOOD)
-        kept = {name: tf.boolean_mask(values, good) for name, values in numbered.items()}
-        good_files = tf.concat([[good_file], kept["file_index"]], axis=0)
+        kept = {name: tf.boolean_mask(values, good) for name, values in numbered.items()
+                if name not in ("status", "counts", "file_index")}
+        good_files = tf.concat([[good_file], tf.boolean_mask(examples["file_index"], good)], axis=0)
         kept["previous_file"] = good_files[:-1]
         state = (position + count, running[-1], nongood + tf.reduce_sum(not_good), files[-1], good_files[-1])
         return state, kept

@@ -6,8 +6,9 @@ them in order), each through trainer/record_files.py (TFRecord framing, `distill
 on chunks of records, the view choice), the examples are shuffled, the bad ones dropped, the image bytes
 taken (stored, else read from image/path with tf.io.read_file, local or gs://), decoded and one of its V
 stored views replayed by `distillery.record_pixels` (TensorFlow ops only, no Python: decoding scales with
-the cores; the view is `distillery.views.crop_view`, the function extraction used), so the student sees
-the pixels the teacher saw. The view is drawn at random per example and per pass over the data, from a
+the cores; the view is `distillery.views.crop_view`, the function extraction used; a JPEG is decoded only
+in the view's window, to the same pixels), so the student sees the pixels the teacher saw.
+The view is drawn at random per example and per pass over the data, from a
 stateless seed (seed, input pipeline, the file's visit number, the record's index in its file): it depends
 on which record it is, not on when the interleave delivered it. Batches are prefetched; maps run with
 AUTOTUNE parallelism. No step runs a function per example but the image read and the decode: the rest is
@@ -50,7 +51,7 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cycle_length: int = DEFAULT_CYCLE_LENGTH,
                  input_context: tf.distribute.InputContext | None = None,
                  repeat: bool | None = None, deterministic: bool | None = None,
-                 threads: int | None = None) -> tf.data.Dataset:
+                 threads: int | None = None, images_stored: bool | None = None) -> tf.data.Dataset:
     """Batches of replayed views with their teacher targets.
 
     Args:
@@ -75,6 +76,8 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
         (TF_DETERMINISTIC_OPS=1, tf.config.experimental.enable_op_determinism()) always reads in order.
       threads: in training, the size of a private thread pool for this pipeline (0: tf.data's shared
         pool, every core); default `input_threads()`.
+      images_stored: whether the records hold their image bytes, so that reading and decoding are one step
+        (default: `records.survey`, from every file's first record).
 
     Returns:
       A dataset of (images [B, S, S, 3] float32 0..255, targets dict). targets always holds `labels`
@@ -82,7 +85,10 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
       see `temperature` and `teacher_image_size` for the rest.
     """
     paths = records.expand_paths(pattern)
-    spec = spec or records.read_spec(paths)
+    if spec is None or images_stored is None:
+        survey = records.survey(paths)
+        spec = spec or survey.spec
+        images_stored = survey.images_stored if images_stored is None else images_stored
     repeat = training if repeat is None else repeat
     deterministic = not training if deterministic is None else deterministic
     parse_records = records.tf_batch_parser(spec)
@@ -139,22 +145,34 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
         return element
 
     def replay(decode_position: tf.Tensor, element: dict):
-        image = record_pixels.decode_image_tensor(element["image"], element["image_format"])
+        data, image_format = element["image"], element["image_format"]
         if not training:
-            return record_pixels.eval_view_tensor(image, image_size), {"labels": element["label"]}
+            return record_pixels.decode_eval_view_tensor(data, image_format, image_size), {"labels": element["label"]}
         targets = {name: element[name] for name in ("class_ids", "logits", "logsumexp", "position", "totals",
                                                    "nongood", "bad_file", "previous_file")}
         targets.update(labels=element["label"], decode_position=decode_position)
-        if teacher_image_size is not None:
-            targets["teacher_images"] = record_pixels.view_tensor(image, element["crop"], element["flip"],
-                                                                  teacher_image_size)
+        if teacher_image_size is None:  # a JPEG decoded only in the view's window
+            return record_pixels.decode_view_tensor(data, image_format, element["crop"], element["flip"],
+                                                    image_size), targets
+        image = record_pixels.decode_image_tensor(data, image_format)  # two views of one image
+        targets["teacher_images"] = record_pixels.view_tensor(image, element["crop"], element["flip"],
+                                                              teacher_image_size)
         return record_pixels.view_tensor(image, element["crop"], element["flip"], image_size), targets
 
     # An image that cannot be read or decoded is dropped by ignore_errors (which logs the error); in
-    # training, bad_records.count_batches counts it from the gaps it leaves in the examples' numbers.
-    with_images = good.map(read_image, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
-    dataset = (with_images.enumerate().map(replay, num_parallel_calls=AUTOTUNE, deterministic=True)
-               .ignore_errors(log_warning=True))
+    # training, bad_records.count_batches counts it from the gaps it leaves in the examples' numbers: with
+    # the read a step of its own, a gap in the numbers after it is a decode's (undecodable_image), the
+    # rest the read's (missing_image). When every file's first record stores its image, read and decode
+    # are one step (one map and one ignore_errors less per example: docs/results.md "Training"), and every
+    # gap counts as undecodable_image (a path-only record among stored ones, which extraction does not
+    # write, whose file is missing too).
+    if images_stored:
+        dataset = good.map(lambda element: replay(element["position"] - element["nongood"], read_image(element)),
+                           num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+    else:
+        with_images = good.map(read_image, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+        dataset = (with_images.enumerate().map(replay, num_parallel_calls=AUTOTUNE, deterministic=True)
+                   .ignore_errors(log_warning=True))
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
     if training:
         dataset = bad_records.count_batches(dataset)
