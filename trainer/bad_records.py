@@ -13,7 +13,9 @@ read-ahead, and sum correctly over replicas and workers. The reasons (`REASONS`)
   spec (`distillery.records.tf_batch_parser`'s well_formed); bytes that are not a tf.train.Example at all
   lose the chunk of records parsed with them, all counted;
 - non_finite_logits: NaN or infinite teacher logits (tf_batch_parser's finite_logits);
-- missing_image: a path-only record whose image file cannot be read (missing, or no permission);
+- missing_image: a path-only record whose image file cannot be read (missing, or no permission); where
+  the pipeline reads and decodes in one step (every file's first record stores its image:
+  trainer/data.py), such a record counts as undecodable_image;
 - undecodable_image: image bytes of no format the trainer decodes (from their header), or that fail to
   decode (`distillery.record_pixels`; the decoder's error is logged).
 
@@ -73,10 +75,10 @@ class TooManyBadRecordsError(records.RecordError):
 # ----------------------------------------------------------------------------- in the input pipeline
 
 def number_and_drop(dataset: tf.data.Dataset, chunk: int = 64) -> tf.data.Dataset:
-    """Examples (dicts with status, counts, file_index), in stream order -> the good ones, each with its
-    `position` in the stream, `totals` ([R] counts so far, of the dropped examples too), `nongood` (the
-    non-good examples so far), `bad_file` (the latest file known so far to hold a bad record, -1 for none)
-    and `previous_file` (the file of the good example before it).
+    """Examples (dicts with status, counts, file_index), in stream order -> the good ones, without those
+    three keys, each with its `position` in the stream, `totals` ([R] counts so far, of the dropped
+    examples too), `nongood` (the non-good examples so far), `bad_file` (the latest file known so far to
+    hold a bad record, -1 for none) and `previous_file` (the file of the good example before it).
 
     Running totals, not per-example counts, so that nothing is lost with the examples dropped here and
     with those dropped later because their image cannot be read or decoded (`ignore_errors`), which show as
@@ -114,7 +116,8 @@ def number_and_drop(dataset: tf.data.Dataset, chunk: int = 64) -> tf.data.Datase
 
 def count_batches(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Batches (images, targets) of good examples whose targets hold `number_and_drop`'s position, totals,
-    nongood, bad_file and previous_file, and `decode_position` (their number before the decoding map) ->
+    nongood, bad_file and previous_file, and `decode_position` (their number among the examples that reached
+    the decoding map; position - nongood where the image read is not a step of its own) ->
     the same with targets[SKIPPED] ([B, R]: the bad examples met since the previous example) and
     targets[BAD_FILE] ([B]) instead. An example missing between two positions that the non-good ones do
     not explain was dropped by the image read (missing_image) or, when it is also missing from the
