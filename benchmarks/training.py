@@ -148,9 +148,9 @@ def compare_pipelines(pattern: str, sizes: list[int], batch_size: int, batches: 
     """For each student size: medians of `pipeline_rate` for the bare loop and make_dataset, and their ratio."""
     results = {}
     for size in sizes:
-        datasets = {"bare": lambda: bare_dataset(pattern, size, batch_size),
-                    "make_dataset": lambda: data.make_dataset(pattern, size, batch_size, training=True, seed=0,
-                                                              temperature=2.0, threads=0)}
+        datasets = {"bare": lambda size=size: bare_dataset(pattern, size, batch_size),
+                    "make_dataset": lambda size=size: data.make_dataset(pattern, size, batch_size, training=True,
+                                                                        seed=0, temperature=2.0, threads=0)}
         runs = {name: [] for name in datasets}
         for repeat in range(repeats):  # alternating which goes first, so that a drifting machine favours neither
             for name in (list(datasets) if repeat % 2 == 0 else list(datasets)[::-1]):
