@@ -57,6 +57,7 @@ _PNG_GREY, _PNG_PALETTE, _PNG_GREY_ALPHA, _PNG_RGBA = 0, 3, 4, 6
 _WEBP_ANIMATION, _WEBP_EXTENDED_ALPHA = 0x02, 0x10  # VP8X flags
 _VP8L_SIGNATURE = 0x2F
 JPEG_WINDOW_MARGIN = 16  # pixels decoded past a view's box (decode_view_tensor); 8 was already exact
+_JPEG_END = b"\xff\xd9"  # the end-of-image marker
 
 
 class UnsupportedChannelsError(ValueError):
@@ -197,7 +198,8 @@ def decode_view_tensor(data: tf.Tensor, image_format: tf.Tensor, crop: tf.Tensor
     The window reaches JPEG_WINDOW_MARGIN pixels past the box on each side: at a window's edge libjpeg
     upsamples the chroma from the window alone, which changes the edge pixels by up to 3 of 255 on 4:2:0
     images; past the margin the pixels are those of the whole image's decode, to the bit
-    (tests/test_record_pixels.py).
+    (tests/test_record_pixels.py). A JPEG that does not end with its end-of-image marker (cut short, or
+    with bytes after it) is decoded whole, so that one cut short fails as it would whole.
 
     Raises:
       tf.errors.InvalidArgumentError (when run): as `decode_image_tensor`.
@@ -230,7 +232,10 @@ def _decode_box_view(data: tf.Tensor, image_format: tf.Tensor, box: Callable[[tf
         shape = tf.shape(image)
         return views.crop_view(image, box(shape[0], shape[1]), flip, _size(size))
 
-    view = tf.cond(tf.equal(image_format, JPEG), jpeg_view, whole_image_view)
+    # Only a JPEG that ends with its end-of-image marker is decoded in a window: libjpeg stops at the
+    # window's last row, so a file cut short below it would decode there and fail as a whole.
+    complete_jpeg = tf.equal(image_format, JPEG) & tf.equal(tf.strings.substr(data, -2, 2), _JPEG_END)
+    view = tf.cond(complete_jpeg, jpeg_view, whole_image_view)
     view.set_shape([*_size(size), 3])
     return view
 

@@ -2,8 +2,9 @@
 
 Beyer et al. 2022 ("Knowledge distillation: A good teacher is patient and consistent") showed that a
 student must see the same augmented view its teacher saw. Extraction samples views here and stores
-them in the soft-label record; the trainer replays a stored view through the same `crop_view`, so both
-models see the same pixels (up to the re-encoding of the stored image).
+them in the soft-label record; the trainer replays a stored view through the same `crop_view` (for a
+JPEG, its `patch_view` on the decoded window: distillery.record_pixels), so both models see the same
+pixels (up to the re-encoding of the stored image).
 
 Views are a pure function of (image id, seed): a rerun of the extraction writes the same records.
 V = 1 is the centre crop (a centred square of 87.5% of the shorter side, as "resize 256, crop 224"),

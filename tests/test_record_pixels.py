@@ -122,23 +122,28 @@ def test_graph_and_numpy_decoders_give_extractions_pixels(tmp_path, kind):
         np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)
 
 
+def _photo_like(height: int, width: int, seed: int = 7) -> np.ndarray:
+    smooth = np.cumsum(np.cumsum(np.random.default_rng(seed).integers(-9, 10, (height, width, 3)), axis=0), axis=1)
+    return ((smooth - smooth.min()) * 255 // max(1, np.ptp(smooth))).astype(np.uint8)
+
+
 @pytest.mark.parametrize("options", [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2},
-                                     {"progressive": True, "quality": 60}, {"mode": "L"}, {"mode": "CMYK"},
-                                     {"format": "PNG"}])
+                                     {"subsampling": "4:1:1"}, {"progressive": True, "quality": 60}, {"mode": "L"},
+                                     {"mode": "CMYK"}, {"side": 8}, {"format": "PNG"}])
 def test_a_view_decoded_in_its_jpeg_window_has_the_pixels_of_the_whole_decode(options):
     """decode_view_tensor / decode_eval_view_tensor decode a JPEG only in the view's window (plus a margin
     for the chroma upsampling at its edges): the same pixels, to the bit, as decoding the whole image, for
-    every chroma subsampling, progressive, grey and CMYK JPEGs, boxes at the edges and boxes of one pixel;
-    other formats take the whole decode."""
+    4:4:4, 4:2:2, 4:2:0 and 4:1:1 chroma, progressive, grey and CMYK JPEGs, an image smaller than the
+    margin, boxes at the edges and a box of one pixel; other formats take the whole decode."""
     options = dict(options)
-    mode, image_format = options.pop("mode", "RGB"), options.pop("format", "JPEG")
-    rng = np.random.default_rng(7)
-    smooth = np.cumsum(np.cumsum(rng.integers(-9, 10, (157, 203, 3)), axis=0), axis=1)  # photo-like gradients
-    rgb = ((smooth - smooth.min()) * 255 // max(1, np.ptp(smooth))).astype(np.uint8)
+    mode, image_format, side = options.pop("mode", "RGB"), options.pop("format", "JPEG"), options.pop("side", None)
+    rgb = _photo_like(side or 157, side or 203)
     encoded = tf.constant(_save(Image.fromarray(rgb).convert(mode), format=image_format, **options))
     image_format = record_pixels.image_format_tensor(encoded)
     image = record_pixels.decode_image_tensor(encoded, image_format)
-    corners = [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.01, 0.01], [0.99, 0.99, 1.0, 1.0], [0.31, 0.0, 0.77, 0.4]]
+    corners = [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.01, 0.01], [0.99, 0.99, 1.0, 1.0], [0.31, 0.0, 0.77, 0.4],
+               [0.5, 0.5, 0.5, 0.5]]
+    rng = np.random.default_rng(8)
     random = [sorted(rng.uniform(0, 1, 2)) for _ in range(12)]
     boxes = corners + [[a[0], b[0], a[1], b[1]] for a, b in zip(random[::2], random[1::2])]
     for index, box in enumerate(boxes):
@@ -148,6 +153,25 @@ def test_a_view_decoded_in_its_jpeg_window_has_the_pixels_of_the_whole_decode(op
                                           record_pixels.view_tensor(image, crop, flip, size), err_msg=f"{box} {size}")
     np.testing.assert_array_equal(record_pixels.decode_eval_view_tensor(encoded, image_format, 48),
                                   record_pixels.eval_view_tensor(image, 48))
+
+
+def test_a_jpeg_cut_short_fails_in_its_window_as_it_fails_whole():
+    """libjpeg stops at a window's last row, so a JPEG cut below a view's box would decode in the window;
+    decode_view_tensor decodes a JPEG without its end-of-image marker whole, so it fails the same way
+    (the trainer counts it as undecodable_image), and one with bytes after the marker gives the same pixels."""
+    encoded = tf.io.encode_jpeg(_photo_like(256, 256)).numpy()
+    top_box, flip = tf.constant([0.0, 0.0, 0.2, 0.2]), tf.constant(False)
+    cut = tf.constant(encoded[:int(len(encoded) * 0.9)])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        record_pixels.decode_image_tensor(cut)
+    window = [0, 0, 80, 80]  # what the window decode would have read: it succeeds, hence the check
+    assert tf.io.decode_and_crop_jpeg(cut, window, channels=3).shape == (80, 80, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        record_pixels.decode_view_tensor(cut, record_pixels.image_format_tensor(cut), top_box, flip, 16)
+    trailing = tf.constant(encoded + b"trailing bytes")
+    np.testing.assert_array_equal(
+        record_pixels.decode_view_tensor(trailing, record_pixels.image_format_tensor(trailing), top_box, flip, 16),
+        record_pixels.view_tensor(record_pixels.decode_image_tensor(tf.constant(encoded)), top_box, flip, 16))
 
 
 def test_a_transparent_gif_colour_is_black_in_the_trainer_and_white_in_extraction():

@@ -71,11 +71,11 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     return "default"
 
 
-def _check_records(flag: str, pattern: str) -> records.RecordSpec:
+def _check_records(flag: str, pattern: str) -> records.Survey:
     """Every file exists, holds records of this format version and one spec, and carries images."""
     try:
         paths = records.expand_paths(pattern)
-        spec = records.read_spec(paths)
+        survey = records.survey(paths)
         first = next(records.read_records(paths[0], limit=1))
     except FileNotFoundError as error:
         raise TrainInputError(f"{flag}={pattern}: {error}") from None
@@ -84,11 +84,12 @@ def _check_records(flag: str, pattern: str) -> records.RecordSpec:
     if not first.encoded_image and not first.image_path:
         raise TrainInputError(f"{flag}: {paths[0]}: record 0 ({first.image_id!r}) carries neither image bytes "
                               f"nor an image path; the trainer replays views of the stored image")
-    return spec
+    return survey
 
 
-def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None) -> records.RecordSpec:
-    """Checks the run's inputs before anything heavy happens; returns the training records' spec.
+def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None) -> records.Survey:
+    """Checks the run's inputs before anything heavy happens; returns the training records' survey (their
+    spec, and whether they store their images).
 
     Raises:
       TrainInputError: missing or empty record files, records of another format version or of mixed
@@ -127,23 +128,25 @@ def validate_inputs(config: TrainConfig, teacher_num_classes: int | None = None)
         raise TrainInputError(f"--eval_every={config.eval_every} needs --eval (the records to evaluate on)")
     if config.eval_pattern and config.eval_batch_size <= 0:
         raise TrainInputError(f"--eval_batch_size must be positive, got {config.eval_batch_size}")
-    spec = _check_records("--train", config.train_pattern)
+    survey = _check_records("--train", config.train_pattern)
+    spec = survey.spec
     if config.num_classes is not None and config.num_classes != spec.num_classes:
         raise TrainInputError(f"--train={config.train_pattern}: records have {spec.num_classes} classes, "
                               f"--num_classes={config.num_classes}")
     if config.eval_pattern:
-        eval_spec = _check_records("--eval", config.eval_pattern)
+        eval_spec = _check_records("--eval", config.eval_pattern).spec
         if eval_spec.num_classes != spec.num_classes:
             raise TrainInputError(f"--eval={config.eval_pattern}: records have {eval_spec.num_classes} classes, "
                                   f"the training records {spec.num_classes}")
     if teacher_num_classes is not None and teacher_num_classes != spec.num_classes:
         raise TrainInputError(f"--teacher={config.teacher}: the teacher has {teacher_num_classes} classes, "
                               f"the training records {spec.num_classes}")
-    return spec
+    return survey
 
 
-def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=None) -> task.DistillationTask:
+def distillation_task(config: TrainConfig, survey: records.Survey, teacher=None) -> task.DistillationTask:
     """The task of a training run: its student, records, loss, optimizer and evaluation settings."""
+    spec = survey.spec
     return task.DistillationTask(
         train_pattern=config.train_pattern, image_size=config.image_size, global_batch_size=config.batch_size,
         alpha=config.alpha, temperature=config.temperature, student=config.student, width=config.width,
@@ -151,8 +154,8 @@ def distillation_task(config: TrainConfig, spec: records.RecordSpec, teacher=Non
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
         mixed_precision=config.mixed_precision, jit_compile=config.jit_compile,
         sync_batch_norm=config.sync_batch_norm, teacher=teacher,
-        spec=spec, seed=config.seed, shuffle_buffer=config.shuffle_buffer, eval_pattern=config.eval_pattern,
-        eval_batch_size=config.eval_batch_size)
+        spec=spec, images_stored=survey.images_stored, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+        eval_pattern=config.eval_pattern, eval_batch_size=config.eval_batch_size)
 
 
 def _load_teacher(spec: str, trust_saved_model: bool = False):
@@ -190,7 +193,8 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         --model_dir, or a rerun whose settings differ from the checkpointed run's (trainer/resume.py).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    spec = validate_inputs(config, teacher.num_classes if teacher is not None else None)
+    survey = validate_inputs(config, teacher.num_classes if teacher is not None else None)
+    spec = survey.spec
     if config.teacher and teacher is None:
         with strategy.scope():
             try:
@@ -220,7 +224,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
             raise TrainInputError(str(error)) from None
     output_dir = checkpointing.worker_output_dir(config.model_dir, strategy)
     keras.utils.set_random_seed(config.seed)
-    distillation = distillation_task(config, spec, teacher)
+    distillation = distillation_task(config, survey, teacher)
 
     with strategy.scope():
         student = distillation.build_model()

@@ -171,6 +171,7 @@ class DistillationTask:
         (students.with_synchronized_batch_norm).
       teacher: online mode: a teacher run inside the step (None: offline, from the records).
       spec: the records' RecordSpec (read from the files when None).
+      images_stored: whether the records store their images (`records.survey`; surveyed when None).
       seed: the data order and the view choices.
       shuffle_buffer: records in the input pipeline's shuffle buffer.
       eval_pattern, eval_batch_size: labelled records for `evaluate` (centre crop).
@@ -194,6 +195,7 @@ class DistillationTask:
     sync_batch_norm: bool = False
     teacher: object = None
     spec: records.RecordSpec | None = None
+    images_stored: bool | None = None
     seed: int = 0
     shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER
     eval_pattern: str | None = None
@@ -230,7 +232,8 @@ class DistillationTask:
         def dataset(batch_size: int, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
             return data.make_dataset(
                 self.train_pattern, self.image_size, batch_size, training=True, seed=self.seed + seed_offset,
-                spec=self.spec, temperature=None if self.online else self.temperature,
+                spec=self.spec, images_stored=self.images_stored,
+                temperature=None if self.online else self.temperature,
                 teacher_image_size=tuple(self.teacher.input_size) if self.online else None,
                 shuffle_buffer=self.shuffle_buffer, input_context=input_context)
 
