@@ -234,7 +234,8 @@ def _decode_box_view(data: tf.Tensor, image_format: tf.Tensor, box: Callable[[tf
 
     # Only a JPEG that ends with its end-of-image marker is decoded in a window: libjpeg stops at the
     # window's last row, so a file cut short below it would decode there and fail as a whole.
-    complete_jpeg = tf.equal(image_format, JPEG) & tf.equal(tf.strings.substr(data, -2, 2), _JPEG_END)
+    last_bytes = tf.strings.substr(data, tf.maximum(tf.strings.length(data) - 2, 0), 2)  # never out of range
+    complete_jpeg = tf.equal(image_format, JPEG) & tf.equal(last_bytes, _JPEG_END)
     view = tf.cond(complete_jpeg, jpeg_view, whole_image_view)
     view.set_shape([*_size(size), 3])
     return view
