@@ -3,9 +3,9 @@
 One record file holds, in this order: five good records (the first path-only, so that the pipeline reads
 images in a step of its own and tells a missing file from an undecodable one), a record whose stored
 image is garbage, a path-only record whose file is missing, a record with NaN logits, a corrupt record
-(its data CRC does not match) and a good record after it, which the corruption loses. Read in order (one file, shuffle buffer 1),
-the five good examples of one pass fill a batch of 5, and the bad ones met after them ride with the next
-batch: one of each reason per pass.
+(its data CRC does not match) and a good record after it, which the corruption loses. Read in order
+(one file, shuffle buffer 1), the five good examples of one pass fill a batch of 5, and the bad ones met
+after them ride with the next batch: one of each reason per pass.
 
     .venv/bin/python -m pytest -q -p no:xdist tests/test_trainer_bad_records.py
 """
@@ -89,6 +89,7 @@ def test_the_numpy_reader_refuses_what_the_pipeline_skips(bad_glob):
     with pytest.raises(records.RecordError, match=r"train-00000-of-00001: record 7: non-finite teacher logits"):
         list(records.read_records(bad_glob))
     assert records.read_spec(bad_glob).top_k == TOP_K
+    assert records.survey(bad_glob).images_stored is False  # its first record is path-only: two steps
 
 
 def test_the_pipeline_skips_bad_examples_and_counts_them_by_reason_per_pass(bad_glob):
