@@ -4,7 +4,10 @@ All on the same JPEGs and the same teacher (the built-in MobileNetV2 at 224x224,
 
   (a) the Beam job (pipelines/extraction.py, in-process FnApiRunner, records of top-10 float32 logits
       and dead letters) with --teacher_runtime=tf;
-  (b) the same job with --teacher_runtime=litert (the teacher converted to a float32 .tflite, XNNPACK);
+  (b) the same job with --teacher_runtime=litert (the teacher converted to a float32 .tflite, XNNPACK),
+      in one process whose XNNPACK uses every core, and (b') in one worker process per core
+      (--direct_num_workers=CPUs --direct_running_mode=multi_processing) with one XNNPACK thread each,
+      the layout --teacher_threads=0 gives one process per core (Dataflow's);
   (c) a plain loop: tf.data (read, decode_jpeg, centre crop, antialiased resize, batch, prefetch,
       parallel map) feeding `model.predict` of the same Keras model; it writes nothing;
   (d) the LiteRT forward pass alone on the job's own views (decoded and cropped as the job does them,
@@ -16,8 +19,9 @@ All on the same JPEGs and the same teacher (the built-in MobileNetV2 at 224x224,
 Each configuration runs in its own child process, so its peak RSS (ru_maxrss is a lifetime peak) is its
 own. Throughput runs in interleaved rounds (a, b, c, d at N/2 and N images, --repeats times) and the
 medians are printed, with the ratios of each round's pair; the load average is printed with every run
-(the machine is shared). Images/s count the run after the model is loaded (and, for litert, converted):
-pipeline start to finish, tracing included; the predict call for the plain loop. The goals are printed
+(the machine is shared). Images/s of a job are the summary's images_per_second_working: from the first
+worker's teacher being ready (loaded and, for litert, converted) to the last work unit's commit, tracing
+included (the whole job's wall time is kept in the JSON); the predict call for the plain loop. The goals are printed
 with the measurements and whether they were met.
 
     python -m benchmarks.extraction                   # 1000 and 2000 images, 3 rounds (25-30 minutes on 2 cores)
@@ -38,6 +42,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from distillery.cpus import available_cpus
+
 _IMAGES = flags.DEFINE_integer("images", 2000, "Images of the larger throughput input; the smaller has half as many.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved rounds of the throughput runs (medians are printed).")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 32 and 64 images, one round, memory at 16 and 64.")
@@ -49,6 +55,8 @@ _CHILD = flags.DEFINE_enum("child", None, ["beam", "plain", "forward"], "Interna
 _COUNT = flags.DEFINE_integer("count", None, "Internal: images the child reads.")
 _RUNTIME = flags.DEFINE_enum("runtime", "auto", ["auto", "tf", "litert"], "Internal: the beam child's runtime.")
 _STORE_IMAGE_MAX_SIDE = flags.DEFINE_integer("store_image_max_side", 0, "Internal: the beam child's setting.")
+_PROCESSES = flags.DEFINE_integer("processes", 1, "Internal: the beam child's worker processes (multi_processing "
+                                  "when > 1).")
 
 TEACHER = "builtin:mobilenet_v2_imagenet"
 IMAGE_SIZE = 224
@@ -60,6 +68,9 @@ GOAL_JOB_OVER_FORWARD = 0.8
 GOAL_MEMORY_GROWTH = 0.10
 # The forward child also times TensorFlow's forward pass on the first views (it is slow: not all of them).
 TF_FORWARD_IMAGES = 256
+# Inputs per work unit of every job: 8-16 units at 1,000-2,000 images, so that two worker processes
+# share them evenly (hash buckets vary in size); 256 (the default) would give 4-8.
+EXAMPLES_PER_SHARD = 125
 
 
 def make_images(directory: str, count: int, seed: int = 0) -> list[str]:
@@ -87,8 +98,10 @@ def image_paths(directory: str, count: int) -> list[str]:
     return sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".jpg"))[:count]
 
 
-def run_beam(directory: str, count: int, batch_size: int, runtime: str, store_image_max_side: int) -> dict:
-    """The extraction job over the first `count` images of `directory`; images/s and bytes per view."""
+def run_beam(directory: str, count: int, batch_size: int, runtime: str, store_image_max_side: int,
+             processes: int = 1) -> dict:
+    """The extraction job over the first `count` images of `directory` (in `processes` worker processes);
+    images/s while working, over the whole job, and bytes per view."""
     from pipelines import extraction  # pylint: disable=import-outside-toplevel
 
     output_dir = tempfile.mkdtemp(prefix="distillery-bench-out-")
@@ -96,15 +109,21 @@ def run_beam(directory: str, count: int, batch_size: int, runtime: str, store_im
                                       output=os.path.join(output_dir, "soft"),
                                       dead_letter=os.path.join(output_dir, "dead.jsonl"), max_examples=count,
                                       batch_size=batch_size, log_every=500, teacher_runtime=runtime,
-                                      store_image_max_side=store_image_max_side)
+                                      store_image_max_side=store_image_max_side,
+                                      examples_per_shard=EXAMPLES_PER_SHARD)
+    beam_args = ([f"--direct_num_workers={processes}", "--direct_running_mode=multi_processing"]
+                 if processes > 1 else [])
     start = time.monotonic()
-    result = extraction.run(config, save_main_session=False)
+    result = extraction.run(config, beam_args, save_main_session=False)
     wall = time.monotonic() - start
     counters, seconds = result.counters, result.summary["seconds"]
     record_bytes = sum(os.path.getsize(os.path.join(output_dir, name)) for name in os.listdir(output_dir)
                        if name.startswith("soft-"))
+    working = result.summary.get("working_seconds") or seconds
     return {"images": counters["read"], "written": counters["written"], "seconds": seconds,
-            "images_per_second": counters["read"] / seconds, "teacher_runtime": result.summary["teacher_runtime"],
+            "working_seconds": working, "images_per_second": counters["read"] / working,
+            "wall_images_per_second": counters["read"] / seconds, "processes": processes,
+            "teacher_runtime": result.summary["teacher_runtime"],
             "setup_seconds": wall - seconds, "bytes_per_view": record_bytes / max(1, counters["written"] * config.views)}
 
 
@@ -145,7 +164,9 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
 
     tf_teacher = teachers.load_teachers([TEACHER])
     teacher = litert_teacher.LiteRTTeacher.from_teacher(tf_teacher, batch_size)
-    paired = {"tf": 0.0, "litert": 0.0, "images": 0}
+    one_thread = litert_teacher.LiteRTTeacher(teacher.names, teacher.input_size, teacher.num_classes,
+                                              litert_teacher.convert_teacher(tf_teacher, batch_size)[0], batch_size, 1)
+    paired = {"tf": 0.0, "litert": 0.0, "litert_one_thread": 0.0, "images": 0}
     crop = views.compiled_crop_views(teacher.input_size)
     min_side = extract_shard.decode_min_side(IMAGE_SIZE, 1, views.DEFAULT_MIN_SCALE)
     writer = shard_output.ShardWriter(os.path.join(tempfile.mkdtemp(prefix="distillery-bench-forward-"), "soft"), "x")
@@ -179,6 +200,9 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
             start = time.perf_counter()
             run_fixed_batches(tf_teacher, pixels, batch_size)
             paired["tf"] += time.perf_counter() - start
+            start = time.perf_counter()
+            run_fixed_batches(one_thread, pixels, batch_size)
+            paired["litert_one_thread"] += time.perf_counter() - start
             paired["litert"] += statistics.median(runs)
             paired["images"] += len(batch)
         for viewed, row in zip(batch, logits):
@@ -188,6 +212,7 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
     warm = view(paths[0], read(paths[0]))  # traces the crop graph and packs XNNPACK's weights, untimed
     run_fixed_batches(teacher, warm.pixels, batch_size)
     run_fixed_batches(tf_teacher, warm.pixels, batch_size)  # traces TensorFlow's predict graph, untimed
+    run_fixed_batches(one_thread, warm.pixels, batch_size)
     for stage in seconds:
         seconds[stage] = 0.0
     batch = []
@@ -203,13 +228,14 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
     return {"images": len(paths), "seconds": seconds["forward"], "images_per_second": len(paths) / seconds["forward"],
             "ms_per_image": milliseconds, "num_threads": teacher.num_threads, "paired_images": paired["images"],
             "tf_forward_ms": 1000 * paired["tf"] / paired["images"],
+            "litert_one_thread_forward_ms": 1000 * paired["litert_one_thread"] / paired["images"],
             "litert_forward_ms_paired": 1000 * paired["litert"] / paired["images"]}
 
 
 def run_child(kind: str, directory: str, count: int, batch_size: int) -> dict:
     """One configuration (in its own process); adds the peak RSS."""
     if kind == "beam":
-        result = run_beam(directory, count, batch_size, _RUNTIME.value, _STORE_IMAGE_MAX_SIDE.value)
+        result = run_beam(directory, count, batch_size, _RUNTIME.value, _STORE_IMAGE_MAX_SIDE.value, _PROCESSES.value)
     elif kind == "forward":
         result = run_forward(directory, count, batch_size)
     else:
@@ -219,11 +245,11 @@ def run_child(kind: str, directory: str, count: int, batch_size: int) -> dict:
 
 
 def spawn(kind: str, count: int, cache_dir: str, batch_size: int, runtime: str = "auto",
-          store_image_max_side: int = 0) -> dict:
+          store_image_max_side: int = 0, processes: int = 1) -> dict:
     """Runs one child process and returns its result, with the load average before it started."""
     command = [sys.executable, "-m", "benchmarks.extraction", f"--child={kind}", f"--count={count}",
                f"--cache_dir={cache_dir}", f"--batch_size={batch_size}", f"--runtime={runtime}",
-               f"--store_image_max_side={store_image_max_side}"]
+               f"--store_image_max_side={store_image_max_side}", f"--processes={processes}"]
     load = os.getloadavg()[0]
     completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -235,8 +261,10 @@ def spawn(kind: str, count: int, cache_dir: str, batch_size: int, runtime: str =
     return result
 
 
-CONFIGURATIONS = (("tf job", "beam", "tf"), ("litert job", "beam", "litert"), ("plain loop", "plain", "auto"),
-                  ("litert forward", "forward", "auto"))
+# (name, child, runtime, one worker process per core?)
+CONFIGURATIONS = (("tf job", "beam", "tf", False), ("litert job", "beam", "litert", False),
+                  ("litert job per core", "beam", "litert", True), ("plain loop", "plain", "auto", False),
+                  ("litert forward", "forward", "auto", False))
 
 
 def throughput(counts: Sequence[int], repeats: int, cache_dir: str, batch_size: int) -> list[dict]:
@@ -244,8 +272,9 @@ def throughput(counts: Sequence[int], repeats: int, cache_dir: str, batch_size: 
     results = []
     for round_index in range(repeats):
         for count in counts:
-            for name, kind, runtime in CONFIGURATIONS:
-                result = spawn(kind, count, cache_dir, batch_size, runtime)
+            for name, kind, runtime, per_core in CONFIGURATIONS:
+                processes = available_cpus() if per_core else 1
+                result = spawn(kind, count, cache_dir, batch_size, runtime, processes=processes)
                 result.update(name=name, round=round_index)
                 results.append(result)
                 extra = f", runs on {result['teacher_runtime']}" if "teacher_runtime" in result else ""
@@ -280,16 +309,19 @@ def _round_ratios(results: Sequence[dict], top: str, bottom: str, count: int) ->
 
 def throughput_table(results: Sequence[dict], counts: Sequence[int]) -> str:
     """Markdown: median images/s per configuration and count, and the round-paired ratios."""
-    lines = ["| images | tf job | litert job | plain loop | litert forward alone | litert job / tf job | "
-             "litert job / forward alone | tf job / plain loop | peak RSS tf / litert job (MiB) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| images | tf job | litert job | litert job per core | plain loop | litert forward alone | "
+             "litert job / tf job | litert job / forward alone | litert job per core / forward alone | "
+             "tf job / plain loop | peak RSS tf / litert job (MiB) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for count in counts:
-        medians = {name: _median(results, name, count) for name, _, _ in CONFIGURATIONS}
+        medians = {name: _median(results, name, count) for name, *_ in CONFIGURATIONS}
         ratios = [statistics.median(_round_ratios(results, top, bottom, count))
-                  for top, bottom in (("litert job", "tf job"), ("litert job", "litert forward"), ("tf job", "plain loop"))]
-        lines.append(f"| {count} | {medians['tf job']:.1f} | {medians['litert job']:.1f} | {medians['plain loop']:.1f} | "
+                  for top, bottom in (("litert job", "tf job"), ("litert job", "litert forward"),
+                                      ("litert job per core", "litert forward"), ("tf job", "plain loop"))]
+        lines.append(f"| {count} | {medians['tf job']:.1f} | {medians['litert job']:.1f} | "
+                     f"{medians['litert job per core']:.1f} | {medians['plain loop']:.1f} | "
                      f"{medians['litert forward']:.1f} | {ratios[0]:.2f}x | {ratios[1]:.2f}x | {ratios[2]:.2f}x | "
-                     f"{_median(results, 'tf job', count, 'peak_rss_mib'):.0f} / "
+                     f"{ratios[3]:.2f}x | {_median(results, 'tf job', count, 'peak_rss_mib'):.0f} / "
                      f"{_median(results, 'litert job', count, 'peak_rss_mib'):.0f} |")
     return "\n".join(lines)
 
@@ -301,13 +333,14 @@ def stage_table(results: Sequence[dict], count: int) -> tuple[str, dict[str, flo
     stages = {stage: statistics.median(run["ms_per_image"][stage] for run in forward_runs)
               for stage in forward_runs[0]["ms_per_image"]}
     paired = {key: statistics.median(run[key] for run in forward_runs)
-              for key in ("tf_forward_ms", "litert_forward_ms_paired")}
+              for key in ("tf_forward_ms", "litert_forward_ms_paired", "litert_one_thread_forward_ms")}
     lines = ["| stage (one at a time) | ms per image |", "| --- | ---: |"]
     lines += [f"| {stage} | {value:.2f} |" for stage, value in stages.items()]
     lines.append(f"| sum (the litert job's work) | {sum(stages.values()):.2f} |")
     images = forward_runs[0]["paired_images"]
-    lines.append(f"| forward on the first {images} views: tf / litert | {paired['tf_forward_ms']:.2f} / "
-                 f"{paired['litert_forward_ms_paired']:.2f} |")
+    lines.append(f"| forward on the first {images} views: tf / litert / litert on one thread | "
+                 f"{paired['tf_forward_ms']:.2f} / {paired['litert_forward_ms_paired']:.2f} / "
+                 f"{paired['litert_one_thread_forward_ms']:.2f} |")
     return "\n".join(lines), {**stages, **paired}
 
 
@@ -319,6 +352,7 @@ def goals(results: Sequence[dict], memory_results: Sequence[dict], counts: Seque
     count = max(counts)
     litert_over_tf = statistics.median(_round_ratios(results, "litert job", "tf job", count))
     job_over_forward = statistics.median(_round_ratios(results, "litert job", "litert forward", count))
+    per_core_over_forward = statistics.median(_round_ratios(results, "litert job per core", "litert forward", count))
     small, large = sorted(memory_results, key=lambda result: result["count"])
     growth = large["peak_rss_mib"] / small["peak_rss_mib"] - 1.0
     forward, tf_forward, paired_litert = stages["forward"], stages["tf_forward_ms"], stages["litert_forward_ms_paired"]
@@ -328,6 +362,8 @@ def goals(results: Sequence[dict], memory_results: Sequence[dict], counts: Seque
               if load > cpus else "")
     runtime_bound = (tf_forward + rest / cpus) / (paired_litert + rest / cpus)
     overlap_bound = forward / (forward + rest / cpus)
+    one_thread = stages["litert_one_thread_forward_ms"]
+    per_core_bound = cpus * paired_litert / (one_thread + rest)
     return [
         {"goal": f"litert job >= {GOAL_LITERT_OVER_TF}x the tf job ({count} images)", "measured": litert_over_tf,
          "target": GOAL_LITERT_OVER_TF, "met": litert_over_tf >= GOAL_LITERT_OVER_TF,
@@ -340,6 +376,14 @@ def goals(results: Sequence[dict], memory_results: Sequence[dict], counts: Seque
                 f"core, against {forward:.2f} ms for the forward pass on {cpus} cores; the forward overlaps that work "
                 f"but needs the same cores, so even a perfect overlap gives at most {overlap_bound:.2f}x "
                 f"(forward / (forward + rest / {cpus})){shared}"},
+        {"goal": f"litert job, one worker process per core, >= {GOAL_JOB_OVER_FORWARD}x the litert forward pass "
+                 f"alone ({count} images)",
+         "measured": per_core_over_forward, "target": GOAL_JOB_OVER_FORWARD,
+         "met": per_core_over_forward >= GOAL_JOB_OVER_FORWARD,
+         "why": f"each of {cpus} processes runs the forward pass on one thread ({one_thread:.2f} ms per image, "
+                f"against {paired_litert:.2f} on all {cpus} cores) and the rest ({rest:.2f} ms) on the same core, so "
+                f"with the cores always busy it gives at most {per_core_bound:.2f}x "
+                f"({cpus} x forward / (forward on one thread + rest)){shared}"},
         {"goal": f"peak RSS with stored images at {large['count']} within {GOAL_MEMORY_GROWTH:.0%} of {small['count']}",
          "measured": growth, "target": GOAL_MEMORY_GROWTH, "met": abs(growth) <= GOAL_MEMORY_GROWTH,
          "why": "memory grows with the number of images"},
@@ -374,9 +418,7 @@ def main(argv: Sequence[str]) -> None:
     counts = (larger // 2, larger)
     memory_counts = (16, 64) if _QUICK.value else MEMORY_COUNTS
     repeats = 1 if _QUICK.value else _REPEATS.value
-    from distillery import litert_teacher  # pylint: disable=import-outside-toplevel
-
-    cpus = litert_teacher.available_cpus()
+    cpus = available_cpus()
     print(f"extraction benchmark: {TEACHER} at {IMAGE_SIZE}x{IMAGE_SIZE}, 1 view, top-10 float32, batch "
           f"{_BATCH_SIZE.value}, {cpus} CPUs for this process, {repeats} round(s); load average "
           f"{' '.join(f'{value:.1f}' for value in os.getloadavg())}; images cached in {cache_dir}", flush=True)

@@ -19,7 +19,6 @@ takes exactly that batch_size and splits or pads the images into calls of it.
 from __future__ import annotations
 
 import logging as python_logging
-import os
 import re
 import sys
 import threading
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from distillery import teachers, tflite_model
+from distillery import cpus, teachers, tflite_model
 
 RUNTIMES = ("auto", "tf", "litert")
 RUNTIME_HELP = ("Where the teacher runs on each worker: litert = converted once per worker process to a float32 "
@@ -60,11 +59,17 @@ def resolve_runtime(requested: str, gpu_count: int | None = None) -> str:
     return "tf" if (visible_gpus() if gpu_count is None else gpu_count) > 0 else "litert"
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one, else every CPU)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+def threads_per_process(requested: int, processes_per_machine: int, cpu_count: int) -> int:
+    """XNNPACK threads for one worker process: `requested` when > 0, else the machine's `cpu_count` CPUs divided among
+    the worker processes that share them (`processes_per_machine`; 0 = one process per CPU, Dataflow's
+    layout), at least 1. One process with all cores and several single-threaded ones keep the cores
+    equally busy on the forward pass alone, but only the latter let every core also decode and crop
+    between its forward passes (docs/results.md "Extraction")."""
+    if requested > 0:
+        return requested
+    if processes_per_machine <= 0:
+        return 1
+    return max(1, cpu_count // processes_per_machine)
 
 
 def _teacher_name(teacher: Any) -> str:
@@ -167,7 +172,7 @@ class LiteRTTeacher:
         flatbuffer, concrete = convert_teacher(teacher, batch_size)
         try:
             converted = cls(teacher.names, teacher.input_size, teacher.num_classes, flatbuffer, batch_size,
-                            num_threads or available_cpus())
+                            num_threads or cpus.available_cpus())
         except tflite_model.ModelFileError as error:
             raise _conversion_failed(teacher, str(error)) from None
         if check:

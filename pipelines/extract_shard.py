@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,10 @@ from pipelines.teacher_inference import (
     runtime_of,
 )
 
+# Wall-clock instants (ms since the epoch) as distributions: the earliest moment a worker's teacher was
+# ready and the last unit's commit bound the job's working time, which leaves out the workers' start
+# and the teacher's load and conversion (seconds per worker process, paid once per job).
+TIMINGS = ("teacher_ready_unix_ms", "unit_done_unix_ms")
 COUNTERS = ("read", "read_failed", "decode_failed", "teacher_failed", "duplicates", "written", "dead_letters",
             "batches", "views", "labelled_views", "teacher_top1_correct")
 
@@ -196,12 +201,15 @@ class ExtractShardFn(beam.DoFn):
         self._min_side = max(decode_min_side(max(self._input_size), settings.num_views, settings.min_scale),
                              settings.store_image_max_side)
         self._metrics = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in COUNTERS}
+        self._timings = {name: beam.metrics.Metrics.distribution(METRICS_NAMESPACE, name) for name in TIMINGS}
         self._holder = self._teacher = self._crop = None
+        self._ready_ms: int | None = None
 
     def setup(self):
         self._holder, self._teacher = load_shared_teacher(self._loader, self._handle)
         self._crop = views.compiled_crop_views(self._input_size)
         images.use_pixel_limit(self._settings.max_image_pixels)  # Pillow's own check, in this worker process
+        self._ready_ms = int(time.time() * 1000)  # reported with the first unit: setup has no metrics context
 
     def process(self, keyed_shard: tuple[str, Any], duplicates: Mapping[str, str] | None = None) -> Iterator[dict]:
         key, shard = keyed_shard
@@ -211,6 +219,9 @@ class ExtractShardFn(beam.DoFn):
             if manifest is not None and manifest.get("shard") == fingerprint:
                 yield {**manifest, "resumed": True}
                 return
+        if self._ready_ms is not None:
+            self._timings["teacher_ready_unix_ms"].update(self._ready_ms)
+            self._ready_ms = None
         writer = shard_output.ShardWriter(self._settings.output, key)
         try:
             counts, dead = self._extract(shard, writer, duplicates or {})
@@ -221,6 +232,7 @@ class ExtractShardFn(beam.DoFn):
             raise
         for name, value in counts.items():
             self._metrics[name].inc(value)
+        self._timings["unit_done_unix_ms"].update(int(time.time() * 1000))
         yield manifest
 
     def _extract(self, shard: Any, writer: shard_output.ShardWriter,

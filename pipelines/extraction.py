@@ -91,6 +91,10 @@ class ExtractConfig:
                                        "side at most this; 0 = store only its path (image/path always holds it).")
     batch_size: int = option(32, lower_bound=1, help="Views per teacher call.")
     teacher_runtime: str = option("auto", choices=litert_teacher.RUNTIMES, help=litert_teacher.RUNTIME_HELP)
+    teacher_threads: int = option(0, lower_bound=0, help="LiteRT threads per worker process; 0 = the worker's "
+                                  "CPUs (affinity and cgroup quota) divided among the worker processes that share "
+                                  "them: --direct_num_workers under the local multi_processing runner, one per "
+                                  "vCPU on Dataflow, --sdk_worker_parallelism on a portable runner.")
     log_every: int = option(100, lower_bound=0, help="Progress line every N images per worker.")
     examples_per_shard: int | None = option(None, lower_bound=1, help="Inputs per work unit (default: the "
                                             "source's, 256); lower it to spread a few hundred images over several "
@@ -174,6 +178,25 @@ def make_pipeline(beam_args: Sequence[str] = (), save_main_session: bool = False
     if options.view_as(StandardOptions).runner is None:
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def worker_processes_per_machine(beam_args: Sequence[str] = ()) -> int:
+    """How many worker processes of this job share one machine's CPUs (0 = one per CPU), from the Beam
+    options: the local multi_processing runner starts --direct_num_workers (0 = one per CPU); Dataflow's
+    Python workers run one SDK process per vCPU unless --experiments=no_use_multiple_sdk_containers; a
+    portable runner (Flink) starts --sdk_worker_parallelism per worker (0 = its own choice, taken as one
+    per CPU); everything else runs in one process."""
+    options = PipelineOptions(list(beam_args))
+    all_options = options.get_all_options(drop_default=False)
+    runner = str(all_options.get("runner") or "")
+    experiments = {name for value in all_options.get("experiments") or [] for name in str(value).split(",")}
+    if runner.endswith("DataflowRunner"):
+        return 1 if "no_use_multiple_sdk_containers" in experiments else 0
+    if runner.endswith("PortableRunner") or runner.endswith("FlinkRunner") or runner.endswith("SparkRunner"):
+        return max(0, int(all_options.get("sdk_worker_parallelism") or 0))
+    if all_options.get("direct_running_mode") == "multi_processing":
+        return max(0, int(all_options.get("direct_num_workers") or 0))
+    return 1
 
 
 def keyed_shards(source: Any) -> list[tuple[str, Any]]:
@@ -282,6 +305,24 @@ def read_counters(result: Any) -> dict[str, int] | None:
     return counts
 
 
+def read_working_seconds(result: Any) -> float | None:
+    """Seconds from the first worker's teacher being ready to the last work unit's commit (the
+    extract_shard.TIMINGS distributions), or None where the runner reports no distributions or no unit
+    ran (a resume with nothing left)."""
+    try:
+        queried = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # pylint: disable=broad-except  # some runners do not report metrics (read_counters says so)
+        return None
+    bounds: dict[str, list[int]] = {}
+    for metric in queried.get("distributions", []):
+        value = metric.committed if metric.committed is not None else metric.attempted
+        if value is not None and value.count:
+            bounds.setdefault(metric.key.metric.name, []).extend([value.min, value.max])
+    if "teacher_ready_unix_ms" not in bounds or "unit_done_unix_ms" not in bounds:
+        return None
+    return max(0.0, (max(bounds["unit_done_unix_ms"]) - min(bounds["teacher_ready_unix_ms"])) / 1000)
+
+
 def summary_path(output: str) -> str:
     """Where the run summary goes: PREFIX.summary.json (outside the PREFIX-* record glob)."""
     return shard_output.summary_path(output)
@@ -296,8 +337,8 @@ class ExtractResult:
     summary: dict
 
 
-def open_inputs(config: ExtractConfig, source: Any = None,
-                teacher_loader: Callable[[], Any] | None = None) -> tuple[Any, Callable[[], Any], shared.Shared, Any, Any]:
+def open_inputs(config: ExtractConfig, source: Any = None, teacher_loader: Callable[[], Any] | None = None,
+                beam_args: Sequence[str] = ()) -> tuple[Any, Callable[[], Any], shared.Shared, Any, Any]:
     """Opens the source and loads the teacher in the launcher: bad specs fail now, naming the flag's value,
     and the in-process runner reuses this very teacher through the Shared handle.
 
@@ -308,7 +349,8 @@ def open_inputs(config: ExtractConfig, source: Any = None,
         if gcs.is_gcs_path(path):
             gcs.use_emulator_credentials()
     teacher_loader = teacher_loader or TeacherLoader(tuple(config.teachers), config.trust_saved_model,
-                                                     config.teacher_runtime, teacher_batch_size(config))
+                                                     config.teacher_runtime, teacher_batch_size(config),
+                                                     config.teacher_threads, worker_processes_per_machine(beam_args))
     if source is None:
         from pipelines import sources  # pylint: disable=import-outside-toplevel
 
@@ -330,7 +372,7 @@ def dry_run(config: ExtractConfig, beam_args: Sequence[str] = (), source: Any = 
        --overwrite or --resume)}.
     """
     config.validate()
-    source, teacher_loader, handle, _holder, teacher = open_inputs(config, source, teacher_loader)
+    source, teacher_loader, handle, _holder, teacher = open_inputs(config, source, teacher_loader, beam_args)
     pipeline = make_pipeline(beam_args)
     build(pipeline, config, source, teacher_loader, handle, tuple(teacher.names), tuple(teacher.input_size))
     proto = pipeline.to_runner_api()
@@ -361,7 +403,7 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
       ValueError / FileNotFoundError: a bad flag, output, source or teacher spec, before the pipeline starts.
     """
     config.validate()
-    source, teacher_loader, handle, holder, teacher = open_inputs(config, source, teacher_loader)
+    source, teacher_loader, handle, holder, teacher = open_inputs(config, source, teacher_loader, beam_args)
     prepare_output(config)
     names, input_size = tuple(teacher.names), tuple(teacher.input_size)
     logging.info("extract: %s -> %s: teacher %s at %dx%d, %d classes, %d view(s)%s", config.source, config.output,
@@ -390,6 +432,11 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
     live = read_counters(result)
     done_now = live["read"] if live else counters["read"]
     summary["images_per_second"] = round(done_now / max(seconds, 1e-9), 2)
+    # Without the workers' start and the teacher's load/conversion: the rate a long job runs at.
+    working = read_working_seconds(result)
+    if working is not None and working > 0:
+        summary["working_seconds"] = round(working, 3)
+        summary["images_per_second_working"] = round(done_now / working, 2)
     summary["balanced"] = counters["written"] + counters["dead_letters"] == counters["read"]
     if counters["labelled_views"]:
         summary["teacher_top1"] = round(counters["teacher_top1_correct"] / counters["labelled_views"], 6)

@@ -39,23 +39,30 @@ class TeacherLoader:
     """Picklable recipe for the teacher: the specs (one, or several = an ensemble of mean logits), whether
     a SavedModel among them is loaded without its op check (--trust_saved_model), the runtime
     (--teacher_runtime: auto is resolved where the loader runs, on the worker; the job passes its flag,
-    whose default is auto) and the batch every call has (litert compiles the model for it)."""
+    whose default is auto), the batch every call has (litert compiles the model for it), and LiteRT's
+    threads: `threads` (--teacher_threads), or with 0 the worker's CPUs divided among the
+    `processes_per_machine` worker processes that share them (0 = one per CPU; see
+    `pipelines.extraction.worker_processes_per_machine`)."""
 
     specs: tuple[str, ...]
     trust_saved_model: bool = False
     runtime: str = "tf"
     batch_size: int = 32
+    threads: int = 0
+    processes_per_machine: int = 1
 
     def __call__(self):
-        from distillery import litert_teacher, teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
+        from distillery import cpus, litert_teacher, teachers  # pylint: disable=import-outside-toplevel  # TF loads on the worker
 
         teacher = teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
-        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size)
+        threads = litert_teacher.threads_per_process(self.threads, self.processes_per_machine, cpus.available_cpus())
+        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size, threads)
 
     @property
     def tag(self) -> str:
         return ("teachers:" + "|".join(self.specs) + (" (trusted)" if self.trust_saved_model else "")
-                + f" runtime={self.runtime} batch={self.batch_size}")
+                + f" runtime={self.runtime} batch={self.batch_size} threads={self.threads}"
+                + f"/{self.processes_per_machine}")
 
 
 def runtime_of(teacher: Any) -> str:

@@ -24,7 +24,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, photo, tiny_keras_teacher
 
-from distillery import litert_teacher, records, sample_photos, teachers
+from distillery import cpus, litert_teacher, records, sample_photos, teachers
 from pipelines import extraction, teacher_inference
 
 
@@ -84,7 +84,15 @@ def test_resolve_runtime_auto_follows_the_gpus():
     assert litert_teacher.resolve_runtime("litert", gpu_count=2) == "litert"
     with pytest.raises(ValueError, match="--teacher_runtime"):
         litert_teacher.resolve_runtime("xla")
-    assert 1 <= litert_teacher.available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_threads_per_process_share_the_machine_among_its_worker_processes():
+    assert litert_teacher.threads_per_process(3, 2, 8) == 3  # --teacher_threads wins
+    assert litert_teacher.threads_per_process(0, 1, 8) == 8  # one process: every CPU
+    assert litert_teacher.threads_per_process(0, 2, 8) == 4  # the local multi_processing runner's two workers
+    assert litert_teacher.threads_per_process(0, 3, 8) == 2
+    assert litert_teacher.threads_per_process(0, 16, 8) == 1  # more processes than CPUs: still one thread
+    assert litert_teacher.threads_per_process(0, 0, 8) == 1  # one process per CPU (Dataflow)
 
 
 def test_the_converted_teacher_gives_tensorflows_logits(model_files):
@@ -110,6 +118,18 @@ def test_the_converted_teacher_gives_tensorflows_logits(model_files):
                                    atol=1e-4)
 
 
+def test_worker_processes_per_machine_follow_the_runner():
+    processes = extraction.worker_processes_per_machine
+    assert processes([]) == 1  # the in-process FnApiRunner
+    assert processes(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == 2
+    assert processes(["--direct_num_workers=0", "--direct_running_mode=multi_processing"]) == 0  # one per CPU
+    assert processes(["--direct_num_workers=2", "--direct_running_mode=multi_threading"]) == 1  # threads share one
+    assert processes(["--runner=DataflowRunner"]) == 0  # Dataflow: one SDK process per vCPU
+    assert processes(["--runner=DataflowRunner", "--experiments=a,no_use_multiple_sdk_containers"]) == 1
+    assert processes(["--runner=PortableRunner"]) == 1  # --sdk_worker_parallelism's default
+    assert processes(["--runner=PortableRunner", "--sdk_worker_parallelism=3"]) == 3
+
+
 def test_records_with_litert_agree_with_tf_for_a_keras_teacher_and_an_ensemble(tmp_path, model_files):
     keras_path, saved_model_path = model_files
     source = f"folder:{_photos_folder(tmp_path)}"
@@ -132,6 +152,7 @@ def test_auto_is_litert_on_a_machine_without_a_gpu(tmp_path, model_files):
     summary, written = _run(tmp_path, f"folder:{_photos_folder(tmp_path)}", [keras_path], "auto")
     assert litert_teacher.visible_gpus() == 0, "this test describes a CPU-only machine"
     assert summary["teacher_runtime"] == "litert" and len(written) == 6
+    assert 0 < summary["working_seconds"] <= summary["seconds"]  # in-process: the launcher's teacher is reused
     saved = json.loads((tmp_path / "soft.summary.json").read_text())
     assert saved["teacher_runtime"] == "litert"
 
@@ -146,6 +167,9 @@ def test_the_loader_is_picklable_and_its_tag_keeps_runtimes_and_batches_apart(mo
     teacher = loader()
     assert teacher.runtime == "litert" and teacher.batch_size == 8 and teacher_inference.runtime_of(teacher) == "litert"
     assert teacher_inference.runtime_of(teacher_inference.TeacherLoader((keras_path,), runtime="tf")()) == "tf"
+    assert teacher.num_threads == cpus.available_cpus()  # one process (the default): every CPU it may use
+    per_cpu = teacher_inference.TeacherLoader((keras_path,), runtime="litert", batch_size=8, processes_per_machine=0)
+    assert per_cpu.tag != loader.tag and per_cpu().num_threads == 1  # one process per CPU (Dataflow)
 
 
 def test_a_teacher_that_does_not_convert_fails_before_the_pipeline_naming_it(tmp_path, model_files):

@@ -26,7 +26,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from extract_fixtures import INPUT_SIZE, NUM_CLASSES, encode, expected_logits, load_fake_teacher, photo, tiny_keras_teacher
 from PIL import Image
 
-from distillery import images, records, views
+from distillery import cpus, images, records, views
 from pipelines import extract_shard, extraction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,6 +256,15 @@ def test_command_line_with_two_worker_processes(tmp_path):
     # Progress lines come from both worker processes (each names its pid and its images/s).
     workers = set(re.findall(r"batches in worker process (\d+); [0-9.]+ images/s", completed.stderr))
     assert len(workers) == 2, completed.stderr[-3000:]
+    # Each worker's LiteRT teacher takes its share of the CPUs (two processes share them), not all of them.
+    threads = set(re.findall(r"LiteRT runs it on (\d+) thread", completed.stderr))
+    assert threads == {str(max(1, cpus.available_cpus() // 2))}, completed.stderr[-3000:]
+    # The working time runs from the first worker's teacher being ready to the last unit's commit: inside
+    # the job's wall time, which also holds the workers' start and their teachers' load and conversion.
+    summary = json.loads((tmp_path / "out" / "soft.summary.json").read_text())
+    assert 0 < summary["working_seconds"] < summary["seconds"]
+    assert summary["images_per_second_working"] == pytest.approx(summary["counters"]["read"]
+                                                                 / summary["working_seconds"], rel=0.01)
     teacher = teachers.load_teacher(teacher_path)
     for record in written.values():
         assert record.teachers == ["tiny.keras", "tiny.keras"] and record.top_k == 3

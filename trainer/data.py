@@ -31,12 +31,11 @@ temperature=2.0)))[1]['teacher_probabilities'].shape)"
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import tensorflow as tf
 
-from distillery import record_pixels, records
+from distillery import cpus, record_pixels, records
 from trainer import bad_records, record_files
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -195,12 +194,13 @@ def make_dataset(pattern: str | Sequence[str], image_size: int, batch_size: int,
 
 def input_threads() -> int:
     """Threads for the training input pipeline: 0 (tf.data's shared pool, all cores) when an accelerator
-    trains, else a private pool of a quarter of the cores (at least one): on a CPU the train step needs the
+    trains, else a private pool of a quarter of the cores it may use (affinity and cgroup quota:
+    distillery.cpus; at least one): on a CPU the train step needs the
     cores, and an input pipeline on all of them slows it by more than it feeds it (docs/results.md
     "Training": the loop against the step alone)."""
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return 0
-    return max(1, (os.cpu_count() or 1) // 4)
+    return max(1, cpus.available_cpus() // 4)
 
 
 def count_records(pattern: str | Sequence[str]) -> int:
