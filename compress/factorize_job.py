@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from compress import factorize, finetune, rank_selection
-from distillery import atomic_files, records
+from distillery import atomic_files, records, saved_model_check
 from distillery.cli import option
 
 DEFAULT_ENERGY = 0.9
@@ -75,6 +75,7 @@ class JobConfig:
     selection_rounds: int = option(3, lower_bound=0, help="With a latency budget: selections built and timed "
                                    "before fine-tuning, each reselecting with the per-op overhead the last one's "
                                    "miss implies (0 = trust the MAC-based estimate).")
+    trust_saved_model: bool = option(False, help=saved_model_check.TRUST_HELP)
 
 
 def spell_ranks(ranks: dict[str, int]) -> str:
@@ -142,12 +143,13 @@ def validate(config: JobConfig) -> None:
         raise JobError(str(error)) from None
 
 
-def load_student(path: str) -> keras.Model:
-    """The student at `path`; JobError naming it when it does not load."""
+def load_student(path: str, trust_saved_model: bool = False) -> keras.Model:
+    """The student at `path` (a SavedModel's ops checked first unless `trust_saved_model`); JobError naming
+    it when it does not load or is refused."""
     from compress import quantize  # pylint: disable=import-outside-toplevel
 
     try:
-        return quantize.load_model(path)
+        return quantize.load_model(path, trust_saved_model)
     except quantize.QuantizeError as error:
         raise JobError(str(error)) from None
 
@@ -316,7 +318,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     validate(config)
     tuning = dataclasses.replace(config.tuning or finetune.FinetuneConfig(config.train_pattern),
                                  train_pattern=config.train_pattern)
-    model = load_student(config.model_path)
+    model = load_student(config.model_path, config.trust_saved_model)
     layers = factorize.require_factorizable(model, config.model_path)
     if not config.include_dense:
         layers = [layer for layer in layers if layer.kind != "dense"]

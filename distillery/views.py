@@ -154,22 +154,25 @@ def crop_view(image: tf.Tensor, crop: tf.Tensor, flip: tf.Tensor, size: int | tu
 
 
 def patch_view(patch: tf.Tensor, flip: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
-    """The rest of `crop_view` once its box is cut out: flip if asked, resize (bilinear, antialiased), as
+    """The rest of `crop_view` once its box is cut out: resize (bilinear, antialiased), flip if asked, as
     [height, width, 3] float32 0..255. For a caller that has only the box's pixels (a JPEG decoded in a
     window: distillery.record_pixels)."""
     size = (size, size) if isinstance(size, int) else tuple(size)
-    patch = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(patch, axis=[1]), lambda: patch)
-    patch = tf.cast(patch, tf.float32)
     # Antialiasing only changes a downscale: when the box is no bigger than the output on both sides, the
     # antialiased kernel is the plain bilinear one (equal to ~1e-3 of 255, float rounding), and TensorFlow's
     # antialiased resize (ScaleAndTranslate) costs ~3x the plain ResizeBilinear: it was 2/3 of the
     # trainer's input pipeline on the demo's upscaled 32x32 views (parse + decode + crop 4,000 -> 12,000
     # images/s on 2 cores with the plain kernel; the whole pipeline, measured after, 3,700 -> 5,900).
+    # Both take the uint8 box as it is (they compute in float32), and the flip mirrors the resized view:
+    # the same pixels as mirroring the box first (to ~1e-3 of 255), without a float copy and a mirrored
+    # copy of the whole box (docs/results.md "Extraction").
     shape = tf.shape(patch)
     upscale = tf.logical_and(shape[0] <= size[0], shape[1] <= size[1])
     resized = tf.cond(upscale,
                       lambda: tf.image.resize(patch, size, method="bilinear", antialias=False),
                       lambda: tf.image.resize(patch, size, method="bilinear", antialias=True))
+    resized = tf.cast(resized, tf.float32)
+    resized = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(resized, axis=[1]), lambda: resized)
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
@@ -185,23 +188,27 @@ def compiled_crop_views(size: tuple[int, int]) -> Callable:
     float32, each view exactly `crop_view`'s, one graph call instead of ~10 eager ops per view.
     Extraction's per-image path: a tf.function call costs ~0.6 ms of fixed overhead on the demo machine,
     more than cropping a small image, so one call per image instead of one per view (quantization's
-    calibration passes one view). A single view (V = 1: evaluation records, calibration) skips the map_fn
-    loop and its TensorArray machinery (its cost: docs/results.md "Extraction"). Cached per
-    process, so every caller shares one traced graph."""
+    calibration passes one view). A single view (V = 1: evaluation records, calibration) goes to its own
+    graph, without the map_fn loop and its TensorArray machinery, chosen here by the number of crops
+    rather than by a cond inside one graph (its cost: docs/results.md "Extraction"). Cached per
+    process, so every caller shares the traced graphs."""
     signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
                  tf.TensorSpec([None], tf.bool)]
 
+    def each_view(image, crops, flips):
+        return tf.map_fn(lambda view: crop_view(image, view[0], view[1], tuple(size)), (crops, flips),
+                         fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
+
+    def one_view(image, crops, flips):
+        return crop_view(image, crops[0], flips[0], tuple(size))[None]
+
+    each_graph = tf.function(each_view, input_signature=signature)
+    one_graph = tf.function(one_view, input_signature=signature)
+
     def crop_all(image, crops, flips):
-        def each_view():
-            return tf.map_fn(lambda view: crop_view(image, view[0], view[1], tuple(size)), (crops, flips),
-                             fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
+        return (one_graph if len(crops) == 1 else each_graph)(image, crops, flips)
 
-        def one_view():
-            return crop_view(image, crops[0], flips[0], tuple(size))[None]
-
-        return tf.cond(tf.shape(crops)[0] == 1, one_view, each_view)
-
-    return tf.function(crop_all, input_signature=signature)
+    return crop_all
 
 
 @functools.cache

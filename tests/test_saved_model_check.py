@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from compress import quantize, quantize_job
+from compress import factorize_job, quantize, quantize_job
 from distillery import cli, mobilenet_v2_torchvision, saved_model_check, teachers
 from pipelines import extraction
 from pipelines.teacher_inference import TeacherLoader
@@ -73,6 +73,8 @@ def test_a_file_reading_and_writing_model_is_refused_before_loading(hostile, no_
         loop._load_teacher(path)  # distillery-train --teacher  # pylint: disable=protected-access
     with pytest.raises(quantize.QuantizeError, match=r"--model: .*saved_model\.pb: .*WriteFile"):
         quantize.load_model(path)
+    with pytest.raises(factorize_job.JobError, match=r"--model: .*saved_model\.pb: .*ReadFile"):
+        factorize_job.load_student(path)  # distillery-factorize --model
     assert not canary.exists()
 
 
@@ -85,10 +87,12 @@ def test_trust_loads_the_hostile_model(hostile):
     assert TeacherLoader((path,), trust_saved_model=True)().num_classes == 5
     assert isinstance(quantize.load_model(path, trust_saved_model=True), keras.Model)
     canary.unlink(missing_ok=True)
+    assert isinstance(factorize_job.load_student(path, trust_saved_model=True), keras.Model)
+    canary.unlink(missing_ok=True)
 
 
 def test_each_command_has_the_flag_once():
-    for config_class in (extraction.ExtractConfig, TrainConfig, quantize_job.QuantizeConfig):
+    for config_class in (extraction.ExtractConfig, TrainConfig, quantize_job.QuantizeConfig, factorize_job.JobConfig):
         names = [cli.flag_name(field) for field in cli.flag_fields(config_class)]
         assert names.count("trust_saved_model") == 1, config_class
 
