@@ -188,11 +188,12 @@ def worker_processes_per_machine(beam_args: Sequence[str] = ()) -> int:
     per CPU); everything else runs in one process."""
     options = PipelineOptions(list(beam_args))
     all_options = options.get_all_options(drop_default=False)
-    runner = str(all_options.get("runner") or "")
+    # Beam accepts "dataflow", "DataflowRunner" and class paths alike (create_runner lower-cases the name).
+    runner = str(all_options.get("runner") or "").rsplit(".", 1)[-1].lower().removesuffix("runner")
     experiments = {name for value in all_options.get("experiments") or [] for name in str(value).split(",")}
-    if runner.endswith("DataflowRunner"):
+    if runner == "dataflow":
         return 1 if "no_use_multiple_sdk_containers" in experiments else 0
-    if runner.endswith("PortableRunner") or runner.endswith("FlinkRunner") or runner.endswith("SparkRunner"):
+    if runner in ("portable", "flink", "spark"):
         return max(0, int(all_options.get("sdk_worker_parallelism") or 0))
     if all_options.get("direct_running_mode") == "multi_processing":
         return max(0, int(all_options.get("direct_num_workers") or 0))

@@ -128,6 +128,14 @@ def test_worker_processes_per_machine_follow_the_runner():
     assert processes(["--runner=DataflowRunner", "--experiments=a,no_use_multiple_sdk_containers"]) == 1
     assert processes(["--runner=PortableRunner"]) == 1  # --sdk_worker_parallelism's default
     assert processes(["--runner=PortableRunner", "--sdk_worker_parallelism=3"]) == 3
+    # Runners named as Beam accepts them: any case, with or without "Runner", or by class path.
+    assert processes(["--runner=dataflow"]) == processes(["--runner=Dataflow"]) == 0
+    assert processes(["--runner=apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"]) == 0
+    assert processes(["--runner=flink", "--sdk_worker_parallelism=2"]) == 2
+    assert processes(["--runner=portable", "--sdk_worker_parallelism=4"]) == 4
+    assert processes(["--runner=direct", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]) == 3
+    assert processes(["--runner=DataflowRunner", "--experiments=a", "--experiments=no_use_multiple_sdk_containers"]) == 1
+    assert processes(["--runner=DataflowRunner", "--experiment=no_use_multiple_sdk_containers"]) == 1
 
 
 def test_records_with_litert_agree_with_tf_for_a_keras_teacher_and_an_ensemble(tmp_path, model_files):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trainer_fixtures as fixtures
 
-from distillery import record_pixels, records, views
+from distillery import cpus, record_pixels, records, views
 from trainer import data
 
 TEMPERATURE = 2.0
@@ -127,9 +127,11 @@ def test_sharding_over_input_pipelines_splits_the_records(record_glob):
 
 
 def test_training_input_on_a_cpu_has_a_private_thread_pool(record_glob):
-    """No accelerator here: the train step needs the cores, so the training input gets a quarter of them."""
+    """No accelerator here: the train step needs the cores, so the training input gets a quarter of those
+    the process may use (affinity and cgroup quota)."""
     training = data.make_dataset(record_glob, 32, 4, training=True, seed=0, shuffle_buffer=64)
-    assert training.options().threading.private_threadpool_size == max(1, os.cpu_count() // 4) == data.input_threads()
+    expected = max(1, cpus.available_cpus() // 4)
+    assert training.options().threading.private_threadpool_size == expected == data.input_threads()
     for shared in (data.make_dataset(record_glob, 32, 4, training=True, threads=0),
                    data.make_dataset(record_glob, 32, 4, training=False)):
         assert shared.options().threading.private_threadpool_size in (0, None)
