@@ -168,3 +168,5 @@ def test_compiled_crop_views_equals_crop_view_per_view(height, width):
         assert alone.shape == (1, 16, 12, 3)
         np.testing.assert_allclose(alone[0], one, atol=1e-4)
     assert flips.any() and not flips.all()  # both branches of the flip went through the single-view path
+    none = views.compiled_crop_views((16, 12))(image, np.zeros((0, 4), np.float32), np.zeros(0, bool)).numpy()
+    assert none.shape == (0, 16, 12, 3)  # no views: an empty batch, not an error
