@@ -292,13 +292,18 @@ def prepare_output(config: ExtractConfig) -> None:
     shard_output.write_json(settings_path, settings)
 
 
-def read_counters(result: Any) -> dict[str, int] | None:
-    """The job's live counters from the result's metrics (committed, else attempted); None if unsupported."""
+def query_metrics(result: Any) -> dict | None:
+    """The job's metrics in our namespace ({"counters": [...], "distributions": [...], ...}), queried once
+    per run; None (with a warning) where the runner reports none."""
     try:
-        queried = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        return result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except Exception as error:  # pylint: disable=broad-except  # some runners do not report metrics
         logging.warning("extract: the runner reports no metrics (%s)", error)
         return None
+
+
+def counters_of(queried: dict) -> dict[str, int]:
+    """The live counters of `query_metrics`'s answer (committed, else attempted)."""
     counts = {name: 0 for name in COUNTERS}
     for metric in queried["counters"]:
         value = metric.committed if metric.committed is not None else metric.attempted
@@ -306,14 +311,10 @@ def read_counters(result: Any) -> dict[str, int] | None:
     return counts
 
 
-def read_working_seconds(result: Any) -> float | None:
+def working_seconds_of(queried: dict) -> float | None:
     """Seconds from the first worker's teacher being ready to the last work unit's commit (the
-    extract_shard.TIMINGS distributions), or None where the runner reports no distributions or no unit
-    ran (a resume with nothing left)."""
-    try:
-        queried = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    except Exception:  # pylint: disable=broad-except  # some runners do not report metrics (read_counters says so)
-        return None
+    extract_shard.TIMINGS distributions of `query_metrics`'s answer), or None where the runner reports no
+    distributions or no unit ran (a resume with nothing left)."""
     bounds: dict[str, list[int]] = {}
     for metric in queried.get("distributions", []):
         value = metric.committed if metric.committed is not None else metric.attempted
@@ -430,11 +431,11 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
         # Resolved on the workers: "litert", "tf", or "litert+tf" when workers (or a resumed run) differed.
         "teacher_runtime": "+".join(totals.get("teacher_runtimes") or [teacher_inference.runtime_of(teacher)]),
     }
-    live = read_counters(result)
-    done_now = live["read"] if live else counters["read"]
+    queried = query_metrics(result)
+    done_now = counters_of(queried)["read"] if queried else counters["read"]
     summary["images_per_second"] = round(done_now / max(seconds, 1e-9), 2)
     # Without the workers' start and the teacher's load/conversion: the rate a long job runs at.
-    working = read_working_seconds(result)
+    working = working_seconds_of(queried) if queried else None
     if working is not None and working > 0:
         summary["working_seconds"] = round(working, 3)
         summary["images_per_second_working"] = round(done_now / working, 2)
