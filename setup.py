@@ -21,6 +21,7 @@ CORE = [
     "ai-edge-litert==2.3.0",
     "numpy>=1.26,<3",
     "pillow>=10,<14",
+    "scipy>=1.11,<2",  # distillery.numpy_views: the views' resize as sparse matrix products
     "matplotlib>=3.8,<4",
     "pyyaml>=6,<7",  # distillery-submit renders Kubernetes manifests
     # distillery-pipeline: the chain as one Kubeflow Pipelines v2 pipeline (its components run in the image,

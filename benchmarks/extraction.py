@@ -167,7 +167,6 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
     one_thread = litert_teacher.LiteRTTeacher(teacher.names, teacher.input_size, teacher.num_classes,
                                               litert_teacher.convert_teacher(tf_teacher, batch_size)[0], batch_size, 1)
     paired = {"tf": 0.0, "litert": 0.0, "litert_one_thread": 0.0, "images": 0}
-    crop = views.compiled_crop_views(teacher.input_size)
     min_side = extract_shard.decode_min_side(IMAGE_SIZE, 1, views.DEFAULT_MIN_SCALE)
     writer = shard_output.ShardWriter(os.path.join(tempfile.mkdtemp(prefix="distillery-bench-forward-"), "soft"), "x")
     paths = image_paths(directory, count)
@@ -186,7 +185,7 @@ def run_forward(directory: str, count: int, batch_size: int, repeats: int = 3) -
     def view(path, encoded):
         image = timed("decode", images.decode_rgb, encoded, min_side)
         example = sources.SourceExample(os.path.basename(path), encoded, -1, path)
-        return timed("crop", extract_shard.make_views, example, image, crop, 1, 0, views.DEFAULT_MIN_SCALE)
+        return timed("crop", extract_shard.make_views, example, image, teacher.input_size, 1, 0, views.DEFAULT_MIN_SCALE)
 
     def label(batch):
         pixels = np.concatenate([viewed.pixels for viewed in batch])

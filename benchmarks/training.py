@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from distillery import images, records, views
+from distillery import images, numpy_views, records, views
 from trainer import data, driver, loop, task
 from trainer.train_config import TrainConfig
 
@@ -92,7 +92,7 @@ def write_benchmark_records(directory: str, teacher, count: int, num_views: int,
         image = images.decode_rgb(encoded)  # extraction's decoder: the pixels the teacher sees
         image_id = f"photo{index:05d}"
         crops, flips = views.sample_views(image_id, 0, num_views, int(image.shape[0]), int(image.shape[1]))
-        logits = teacher.predict(views.crop_views(image, crops, flips, teacher.input_size), batch_size=num_views)
+        logits = teacher.predict(numpy_views.crop_views(image, crops, flips, teacher.input_size), batch_size=num_views)
         per_file[index % num_files].append(records.make_record(
             image_id, -1, teacher.names, crops, flips, logits, top_k, encoded_image=encoded, logit_dtype="float16"))
         if (index + 1) % 64 == 0:

@@ -29,8 +29,9 @@ originals. It differs, pinned by tests/test_record_pixels.py, for originals that
 known format without decoding it; `decode_image_tensor` raises (InvalidArgumentError) on bytes that do not
 decode, which a pipeline catches with `ignore_errors` (trainer/data.py).
 
-The NumPy functions run the same view functions as one compiled graph call (`views.compiled_crop_views`,
-`views.compiled_eval_views`) instead of a dozen eager ops per image.
+The NumPy functions crop a stored view with `numpy_views.crop_views` (`views.crop_view`'s pixels to ~5e-3
+of 255) and evaluation views with one compiled graph call (`views.compiled_eval_views`) instead of a
+dozen eager ops per image.
 
     python -c "from distillery import records, record_pixels; \
 r = next(iter(records.read_records('runs/demo/soft_labels/eval-*'))); print(record_pixels.stored_view(r, 0, 32).shape)"
@@ -45,7 +46,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from distillery import images, records, views
+from distillery import images, numpy_views, records, views
 
 CHANNELS = (1, 3)
 # What image_format_tensor returns: the decoder a file's first bytes call for (UNSUPPORTED: none).
@@ -319,15 +320,15 @@ def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
 
 def stored_view(record: records.SoftLabelRecord, view: int, size: int | Sequence[int], channels: int = 3) -> np.ndarray:
     """Stored view `view` of a record as [h, w, channels] float32 0..255: the pixels the trainer feeds for
-    that view (`decode_tensor` then `view_tensor`).
+    that view (`decode_tensor` then `view_tensor`), to float32 rounding (~5e-3 of 255: the crop is
+    `numpy_views.crop_views`).
 
     Raises:
       images.ImageDecodeError: when the image does not decode.
       UnsupportedChannelsError: channels not 1 or 3.
     """
-    crop_all = views.compiled_crop_views(_size(size))
-    pixels = crop_all(decode(record), record.crops[view:view + 1].astype(np.float32),
-                      record.flips[view:view + 1].astype(bool)).numpy()[0]
+    pixels = numpy_views.crop_views(decode(record), record.crops[view:view + 1], record.flips[view:view + 1],
+                                    _size(size))[0]
     return to_channels(pixels, channels)
 
 

@@ -4,7 +4,8 @@ Beyer et al. 2022 ("Knowledge distillation: A good teacher is patient and consis
 student must see the same augmented view its teacher saw. Extraction samples views here and stores
 them in the soft-label record; the trainer replays a stored view through the same `crop_view` (for a
 JPEG, its `patch_view` on the decoded window: distillery.record_pixels), so both models see the same
-pixels (up to the re-encoding of the stored image).
+pixels (up to the re-encoding of the stored image). `crop_view` is the definition of a view's pixels;
+host code outside a graph (extraction's workers) computes the same pixels with distillery.numpy_views.
 
 Views are a pure function of (image id, seed): a rerun of the extraction writes the same records.
 V = 1 is the centre crop (a centred square of 87.5% of the shorter side, as "resize 256, crop 224"),
@@ -183,35 +184,6 @@ def eval_view(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
 
 
 @functools.cache
-def compiled_crop_views(size: tuple[int, int]) -> Callable:
-    """All V views of one uint8 image in one graph call: (image, crops [V, 4], flips [V]) -> [V, h, w, 3]
-    float32, each view exactly `crop_view`'s, one graph call instead of ~10 eager ops per view.
-    Extraction's per-image path: a tf.function call costs ~0.6 ms of fixed overhead on the demo machine,
-    more than cropping a small image, so one call per image instead of one per view (quantization's
-    calibration passes one view). A single view (V = 1: evaluation records, calibration) goes to its own
-    graph, without the map_fn loop and its TensorArray machinery, chosen here by the number of crops
-    rather than by a cond inside one graph (its cost: docs/results.md "Extraction"). Cached per
-    process, so every caller shares the traced graphs."""
-    signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
-                 tf.TensorSpec([None], tf.bool)]
-
-    def each_view(image, crops, flips):
-        return tf.map_fn(lambda view: crop_view(image, view[0], view[1], tuple(size)), (crops, flips),
-                         fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
-
-    def one_view(image, crops, flips):
-        return crop_view(image, crops[0], flips[0], tuple(size))[None]
-
-    each_graph = tf.function(each_view, input_signature=signature)
-    one_graph = tf.function(one_view, input_signature=signature)
-
-    def crop_all(image, crops, flips):
-        return (one_graph if len(crops) == 1 else each_graph)(image, crops, flips)
-
-    return crop_all
-
-
-@functools.cache
 def compiled_eval_views(size: tuple[int, int]) -> Callable:
     """`eval_view` of a batch of uint8 images of one shape, [N, H, W, 3] -> [N, h, w, 3] float32, in one
     graph call (eagerly that is ~15 ops and several ms per image). The benchmark's accuracy pass sends 64
@@ -224,10 +196,3 @@ def compiled_eval_views(size: tuple[int, int]) -> Callable:
                          fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32))
 
     return tf.function(eval_all, input_signature=signature)
-
-
-def crop_views(image: tf.Tensor, crops: np.ndarray, flips: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """All V views of one image, eagerly: [V, height, width, 3] float32 (tests and benchmarks; extraction
-    uses the compiled `compiled_crop_views`)."""
-    image = tf.convert_to_tensor(image)
-    return np.stack([crop_view(image, crop, flip, size).numpy() for crop, flip in zip(crops, flips)])

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from apache_beam.utils import shared
 
-from distillery import images, records, views
+from distillery import images, numpy_views, records, views
 from pipelines import shard_output
 from pipelines.teacher_inference import (
     METRICS_NAMESPACE,
@@ -89,14 +89,14 @@ class ShardSettings:
     max_image_pixels: int = images.MAX_DECODED_PIXELS  # larger images are dead letters, refused before decoding
 
 
-def make_views(example: Any, image: np.ndarray, crop: Callable, num_views: int, seed: int, min_scale: float,
+def make_views(example: Any, image: np.ndarray, size: tuple[int, int], num_views: int, seed: int, min_scale: float,
                store_image_max_side: int = 0) -> ViewedImage:
-    """The ViewedImage of a decoded [H, W, 3] uint8 image: sampled boxes and flips, and their pixels.
-
-    `crop` is `views.compiled_crop_views(size)`: all views of the image in one call."""
+    """The ViewedImage of a decoded [H, W, 3] uint8 image: sampled boxes and flips, and their pixels at
+    the teacher's input `size` (`numpy_views.crop_views`: `views.crop_view`'s pixels on this core, not
+    TensorFlow's thread pool, which the teacher's forward pass has)."""
     height, width = image.shape[:2]
     crops, flips = views.sample_views(str(example.image_id), seed, num_views, height, width, min_scale)
-    pixels = crop(image, crops.astype(np.float32), flips.astype(bool)).numpy()
+    pixels = numpy_views.crop_views(image, crops, flips, size)
     encoded = images.encode_bounded(image, store_image_max_side) if store_image_max_side > 0 else b""
     return ViewedImage(image_id=str(example.image_id), label=int(example.label), origin=str(example.origin),
                        crops=crops, flips=flips, pixels=pixels, encoded_image=encoded)
@@ -202,12 +202,11 @@ class ExtractShardFn(beam.DoFn):
                              settings.store_image_max_side)
         self._metrics = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in COUNTERS}
         self._timings = {name: beam.metrics.Metrics.distribution(METRICS_NAMESPACE, name) for name in TIMINGS}
-        self._holder = self._teacher = self._crop = None
+        self._holder = self._teacher = None
         self._ready_ms: int | None = None
 
     def setup(self):
         self._holder, self._teacher = load_shared_teacher(self._loader, self._handle)
-        self._crop = views.compiled_crop_views(self._input_size)
         images.use_pixel_limit(self._settings.max_image_pixels)  # Pillow's own check, in this worker process
         self._ready_ms = int(time.time() * 1000)  # reported with the first unit: setup has no metrics context
 
@@ -283,7 +282,7 @@ class ExtractShardFn(beam.DoFn):
                 continue
             try:
                 image = images.decode_rgb(item.encoded, min_side=self._min_side, max_pixels=settings.max_image_pixels)
-                viewed = make_views(item, image, self._crop, settings.num_views, settings.seed, settings.min_scale,
+                viewed = make_views(item, image, self._input_size, settings.num_views, settings.seed, settings.min_scale,
                                     settings.store_image_max_side)
             except Exception as error:  # pylint: disable=broad-except  # inputs are untrusted: never fail the job
                 reason = str(error) if isinstance(error, images.ImageDecodeError) else f"{type(error).__name__}: {error}"

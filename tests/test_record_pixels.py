@@ -242,9 +242,9 @@ def test_the_trainers_pipeline_feeds_the_numpy_stored_view_of_the_same_record(mi
             record = by_label[int(label)]
             errors = [np.abs(pixels - record_pixels.stored_view(record, view, SIZE)).max() for view in range(2)]
             view = int(np.argmin(errors))
-            assert errors[view] == 0, (int(label), errors)
+            assert errors[view] < 1e-2, (int(label), errors)  # numpy_views: crop_view's pixels to float rounding
             assert errors[1 - view] > 10  # the two stored views differ: the match says which one was fed
-            np.testing.assert_array_equal(teacher_pixels, record_pixels.stored_view(record, view, TEACHER_SIZE))
+            np.testing.assert_allclose(teacher_pixels, record_pixels.stored_view(record, view, TEACHER_SIZE), atol=1e-2)
             seen.add((int(label), view))
     assert {label for label, _ in seen} == set(by_label)
     assert {view for _, view in seen} == {0, 1}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trainer_fixtures as fixtures
 
-from distillery import cpus, record_pixels, records, views
+from distillery import cpus, numpy_views, record_pixels, records, views
 from trainer import data
 
 TEMPERATURE = 2.0
@@ -81,7 +81,7 @@ def test_images_are_read_from_image_path_when_bytes_are_absent(tmp_path):
     path = tmp_path / "img.png"
     path.write_bytes(fixtures.png_bytes(image))
     crops, flips = views.sample_views("img", 0, 1, *image.shape[:2])
-    logits = np.asarray(teacher(views.crop_views(image, crops, flips, 24)))
+    logits = np.asarray(teacher(numpy_views.crop_views(image, crops, flips, 24)))
     record = records.make_record("img", 1, ["t"], crops, flips, logits, 5, image_path=str(path))
     records.write_records(str(tmp_path / "r-0"), [record])
     images, _ = next(iter(data.make_dataset(str(tmp_path / "r-*"), 32, 1, training=True, seed=0, shuffle_buffer=64)))

@@ -33,13 +33,6 @@ def test_eval_view_is_the_centre_crop_eagerly_and_in_dataset_map():
     np.testing.assert_allclose(views.centre_crop_tensor(30, 50).numpy(), views.centre_crop(30, 50), atol=1e-6)
 
 
-def test_compiled_crop_view_equals_eager_crop_view():
-    image = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
-    crop = np.array([0.1, 0.2, 0.8, 0.9], np.float32)
-    np.testing.assert_allclose(views.compiled_crop_views((6, 7))(image, crop[None], np.array([True])).numpy()[0],
-                               views.crop_view(tf.constant(image), crop, True, (6, 7)).numpy(), atol=1e-5)
-
-
 def test_views_are_deterministic_per_id_and_seed_and_within_bounds():
     first = views.sample_views("n01440764/a.jpg", 3, 8, 240, 320)
     again = views.sample_views("n01440764/a.jpg", 3, 8, 240, 320)
@@ -148,25 +141,3 @@ def test_large_jpeg_decodes_at_reduced_scale():
 def test_encode_bounded_limits_the_longer_side():
     encoded = images.encode_bounded(np.zeros((300, 600, 3), np.uint8), 128)
     assert images.decode_rgb(encoded).shape == (64, 128, 3)
-
-
-@pytest.mark.parametrize("height,width", [(40, 30), (10, 8)])  # boxes larger (antialiased) / smaller (plain)
-def test_compiled_crop_views_equals_crop_view_per_view(height, width):
-    image = np.random.default_rng(2).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    crops, flips = views.sample_views("some/image.jpg", 0, 5, height, width, min_scale=0.2)
-    together = views.compiled_crop_views((16, 12))(image, crops.astype(np.float32), flips).numpy()
-    assert together.shape == (5, 16, 12, 3)
-    for index in range(5):
-        one = views.crop_view(tf.constant(image), crops[index], flips[index], (16, 12)).numpy()
-        np.testing.assert_allclose(together[index], one, atol=1e-4)
-        box = views.pixel_box(crops[index], height, width)  # and each is the antialiased resize of its box
-        patch = image[box[0]:box[1], box[2]:box[3]].astype(np.float32)
-        patch = patch[:, ::-1] if flips[index] else patch
-        np.testing.assert_allclose(one, tf.image.resize(patch, (16, 12), antialias=True).numpy(), atol=2e-3)
-        alone = views.compiled_crop_views((16, 12))(image, crops[index:index + 1].astype(np.float32),
-                                                     flips[index:index + 1]).numpy()  # V = 1: no map_fn
-        assert alone.shape == (1, 16, 12, 3)
-        np.testing.assert_allclose(alone[0], one, atol=1e-4)
-    assert flips.any() and not flips.all()  # both branches of the flip went through the single-view path
-    none = views.compiled_crop_views((16, 12))(image, np.zeros((0, 4), np.float32), np.zeros(0, bool)).numpy()
-    assert none.shape == (0, 16, 12, 3)  # no views: an empty batch, not an error

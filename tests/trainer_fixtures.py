@@ -1,7 +1,7 @@
 """Tiny teachers and soft-label records for the trainer tests (imported by tests/test_trainer_*.py).
 
 Records are written the way extraction writes them: views from distillery.views.sample_views, the view
-pixels from distillery.views.crop_views on the decoded stored image, the teacher called directly on
+pixels from distillery.numpy_views.crop_views on the decoded stored image, the teacher called directly on
 those pixels, and distillery.records.make_record / write_records.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from distillery import images as images_module
-from distillery import records, views
+from distillery import numpy_views, records, views
 
 NUM_CLASSES = 5
 TEACHER_SIZE = 24
@@ -84,7 +84,7 @@ def write_tiny_records(directory: str, teacher_model: keras.Model, num_files: in
             image = images_module.decode_rgb(encoded)  # what the trainer's tf.io.decode_image sees
             image_id = f"img{index:05d}"
             crops, flips = views.sample_views(image_id, 0, num_views, image.shape[0], image.shape[1])
-            pixels = views.crop_views(image, crops, flips, size)
+            pixels = numpy_views.crop_views(image, crops, flips, size)
             full_logits = np.asarray(teacher_model(pixels, training=False))
             label = -1 if unlabeled_every and index % unlabeled_every == 0 else index % num_classes
             batch.append(records.make_record(image_id, label, ["tiny_teacher"], crops, flips, full_logits, top_k,
