@@ -1,18 +1,23 @@
 """Extracting one work unit of a source: read -> decode -> views -> teacher -> records, committed as one.
 
-A work unit (a shard of the source) is processed whole by one DoFn call, so nothing that carries image
+A work unit (a shard of the source) is read whole by one DoFn call, so nothing that carries image
 bytes, pixels or views crosses a shuffle: only shard descriptions go in and small manifests come out.
 The teacher is called on exactly `batch_size` views each time (views of consecutive images share a
-call; only the shard's last call is padded), so a view's logits do not depend on its neighbours and a
-rerun writes byte-identical records. Each call runs in a background thread while the next batch is
-decoded and cropped. The shard's records are streamed to a temporary file and committed
-with its manifest (pipelines/shard_output.py); with `resume`, a committed shard is not done again.
+call, across the units of a bundle too; only the bundle's last call is padded), so a view's logits do
+not depend on its neighbours and a rerun writes byte-identical records. Calls run in background
+threads while the next batch is decoded and cropped, and they keep running from one unit into the
+next: a unit's last images wait for the next unit's first ones instead of the cores waiting for them
+(a unit of 125 images took ~1/6 longer when every unit drained the teacher: docs/results.md
+"Extraction"). A unit's records are streamed to a temporary file and committed with its manifest
+(pipelines/shard_output.py) once its last image has its logits, in the next unit's call or at the end
+of the bundle; with `resume`, a committed shard is not done again.
 
     python -c "from pipelines import extract_shard; help(extract_shard.ExtractShardFn)"
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -119,27 +124,32 @@ class ViewBatcher:
     `add` returns the images whose every view has its logits, in the order they were added; `flush`
     finishes the rest with one padded call. At most `batch_size` + V views are held at a time.
 
-    With `overlap`, each call runs in a background thread while the caller decodes and crops the next
-    batch (the teacher releases the GIL: TensorFlow's ops and LiteRT's invoke do): an image then comes
-    back one call later, at most 2 x `batch_size` + V views are held, and the calls, their order and
-    so the logits are the same. One call at a time is in flight.
+    With `overlap`, calls run in background threads while the caller decodes and crops the next batch
+    (the teacher releases the GIL: TensorFlow's ops and LiteRT's invoke do), up to the teacher's
+    `concurrent_calls` at once (1 unless it has several interpreters): an image then comes back that many
+    calls later, at most (calls + 1) x `batch_size` + V views are held, and the calls, their order and so
+    the logits are the same.
     """
 
     def __init__(self, teacher: Any, batch_size: int, overlap: bool = False):
         self._teacher, self._batch_size = teacher, batch_size
         self._images: list[ViewedImage] = []      # waiting, in order
         self._logits: list[list[np.ndarray]] = []  # per waiting image, the logits of its views so far
-        self._queue: list[tuple[list[np.ndarray], np.ndarray]] = []  # (its image's logits list, one view's pixels)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "teacher") if overlap else None
-        self._in_flight: tuple[list, concurrent.futures.Future] | None = None
+        self._queue: list[tuple[list[np.ndarray], np.ndarray, Any]] = []  # (its image's logits, a view, owner)
+        self._most_in_flight = max(1, int(getattr(teacher, "concurrent_calls", 1)))
+        self._executor = (concurrent.futures.ThreadPoolExecutor(self._most_in_flight, "teacher") if overlap
+                          else None)
+        self._in_flight: collections.deque[tuple[list, concurrent.futures.Future]] = collections.deque()
         self.calls = 0
         self.views = 0
+        self.calls_by_owner: collections.Counter = collections.Counter()  # each call counts for its last view's
 
-    def add(self, image: ViewedImage) -> list[tuple[ViewedImage, np.ndarray]]:
+    def add(self, image: ViewedImage, owner: Any = None) -> list[tuple[ViewedImage, np.ndarray]]:
+        """Queues an image's views (`owner`: whom `calls_by_owner` counts the calls that end with them)."""
         slot: list[np.ndarray] = []
         self._images.append(image)
         self._logits.append(slot)
-        self._queue.extend((slot, view) for view in image.pixels)
+        self._queue.extend((slot, view, owner) for view in image.pixels)
         while len(self._queue) >= self._batch_size:
             self._run(self._batch_size)
         return self._pop_finished()
@@ -147,31 +157,34 @@ class ViewBatcher:
     def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
         if self._queue:
             self._run(len(self._queue))
-        self._collect()
+        while self._in_flight:
+            self._collect_oldest()
         if self._executor is not None:
             self._executor.shutdown()
         return self._pop_finished()
 
     def _run(self, count: int) -> None:
         taken, self._queue = self._queue[:count], self._queue[count:]
-        views = np.stack([view for _, view in taken])
-        self._collect()
+        views = np.stack([view for _, view, _ in taken])
         if self._executor is None:
             self._assign(taken, run_fixed_batches(self._teacher, views, self._batch_size))
-        else:
-            self._in_flight = (taken, self._executor.submit(run_fixed_batches, self._teacher, views, self._batch_size))
+            return
+        while len(self._in_flight) >= self._most_in_flight:
+            self._collect_oldest()
+        self._in_flight.append((taken, self._executor.submit(run_fixed_batches, self._teacher, views,
+                                                             self._batch_size)))
 
-    def _collect(self) -> None:
-        """Waits for the call in flight, if any, and hands its logits to their images."""
-        if self._in_flight is not None:
-            taken, future = self._in_flight
-            self._in_flight = None
-            self._assign(taken, future.result())
+    def _collect_oldest(self) -> None:
+        """Waits for the oldest call in flight and hands its logits to their images."""
+        taken, future = self._in_flight.popleft()
+        self._assign(taken, future.result())
 
-    def _assign(self, taken: list[tuple[list[np.ndarray], np.ndarray]], logits: np.ndarray) -> None:
-        for (slot, _), row in zip(taken, logits):
+    def _assign(self, taken: list[tuple[list[np.ndarray], np.ndarray, Any]], logits: np.ndarray) -> None:
+        for (slot, _, _), row in zip(taken, logits):
             slot.append(row)
-        self.calls += -(-len(taken) // self._batch_size)  # counted when done, so progress lines add up
+        calls = -(-len(taken) // self._batch_size)
+        self.calls += calls  # counted when done, so progress lines add up
+        self.calls_by_owner[taken[-1][2]] += calls
         self.views += len(taken)
 
     def _pop_finished(self) -> list[tuple[ViewedImage, np.ndarray]]:
@@ -185,11 +198,32 @@ class ViewBatcher:
         return done
 
 
+@dataclasses.dataclass(eq=False)
+class _OpenUnit:
+    """A work unit being extracted: its writer, counters and dead letters, and how many of its images still
+    wait for their logits (`read_all`: every input has been read)."""
+
+    key: str
+    fingerprint: str
+    writer: shard_output.ShardWriter
+    counts: dict[str, int]
+    dead: list[str] = dataclasses.field(default_factory=list)
+    waiting: int = 0
+    read_all: bool = False
+
+    def dead_letter(self, image_id: str, origin: str, stage: str, reason: str, counter: str | None) -> None:
+        self.dead.append(dead_letter_json(image_id, origin, stage, reason))
+        if counter:
+            self.counts[counter] += 1
+
+
 class ExtractShardFn(beam.DoFn):
     """(key, shard) -> the committed shard's manifest: every input of the shard is a record or a dead letter.
 
-    Side input `duplicates`: {image id: the origin whose copy is kept} for ids listed more than once; every
-    other copy is a dead letter (stage "duplicate") without being read.
+    A unit's manifest comes out when its last image has its logits: from the `process` call of a later
+    unit of the same bundle, or from `finish_bundle`. Side input `duplicates`: {image id: the origin whose
+    copy is kept} for ids listed more than once; every other copy is a dead letter (stage "duplicate")
+    without being read.
     """
 
     def __init__(self, source: Any, loader: Callable[[], Any], handle: shared.Shared, settings: ShardSettings,
@@ -204,11 +238,22 @@ class ExtractShardFn(beam.DoFn):
         self._timings = {name: beam.metrics.Metrics.distribution(METRICS_NAMESPACE, name) for name in TIMINGS}
         self._holder = self._teacher = None
         self._ready_ms: int | None = None
+        self._start_bundle_state()
+
+    def _start_bundle_state(self) -> None:
+        self._batcher: ViewBatcher | None = None
+        self._open: collections.deque[_OpenUnit] = collections.deque()  # in the order they were read
+        self._owners: collections.deque[_OpenUnit] = collections.deque()  # per image in the batcher, its unit
+        self._reported = {"images": 0, "views": 0}
+        self._written = 0
 
     def setup(self):
         self._holder, self._teacher = load_shared_teacher(self._loader, self._handle)
         images.use_pixel_limit(self._settings.max_image_pixels)  # Pillow's own check, in this worker process
         self._ready_ms = int(time.time() * 1000)  # reported with the first unit: setup has no metrics context
+
+    def start_bundle(self):
+        self._start_bundle_state()
 
     def process(self, keyed_shard: tuple[str, Any], duplicates: Mapping[str, str] | None = None) -> Iterator[dict]:
         key, shard = keyed_shard
@@ -221,82 +266,109 @@ class ExtractShardFn(beam.DoFn):
         if self._ready_ms is not None:
             self._timings["teacher_ready_unix_ms"].update(self._ready_ms)
             self._ready_ms = None
-        writer = shard_output.ShardWriter(self._settings.output, key)
+        unit = _OpenUnit(key, fingerprint, shard_output.ShardWriter(self._settings.output, key),
+                         dict.fromkeys(COUNTERS, 0))
+        self._open.append(unit)
         try:
-            counts, dead = self._extract(shard, writer, duplicates or {})
-            manifest = writer.commit({"shard": fingerprint, "counters": counts, "dead_letters": dead,
-                                      "teacher_runtime": runtime_of(self._teacher)})
+            self._extract(shard, unit, duplicates or {})
+            unit.read_all = True
+            yield from self._commit_finished()
         except BaseException:
-            writer.abort()
+            self._abort_open()
             raise
-        for name, value in counts.items():
-            self._metrics[name].inc(value)
-        self._timings["unit_done_unix_ms"].update(int(time.time() * 1000))
-        yield manifest
 
-    def _extract(self, shard: Any, writer: shard_output.ShardWriter,
-                 duplicates: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
+    def finish_bundle(self):
+        try:
+            if self._batcher is not None:
+                self._finish(self._batcher.flush())
+                self._report()
+            for manifest in self._commit_finished():
+                yield beam.transforms.window.GlobalWindows.windowed_value(manifest)
+        except BaseException:
+            self._abort_open()
+            raise
+        finally:
+            self._start_bundle_state()
+
+    def _abort_open(self) -> None:
+        """A failed bundle: drops the temporary files of every unit not yet committed (the runner retries)."""
+        for unit in self._open:
+            unit.writer.abort()
+        self._start_bundle_state()
+
+    def _commit_finished(self) -> Iterator[dict]:
+        """Commits the oldest units while every image of theirs has been written; yields their manifests."""
+        while self._open and self._open[0].read_all and self._open[0].waiting == 0:
+            unit = self._open.popleft()
+            counts = unit.counts
+            counts["batches"] = self._batcher.calls_by_owner.pop(unit, 0) if self._batcher is not None else 0
+            counts["dead_letters"] = len(unit.dead)
+            manifest = unit.writer.commit({"shard": unit.fingerprint, "counters": counts, "dead_letters": unit.dead,
+                                           "teacher_runtime": runtime_of(self._teacher)})
+            for name, value in counts.items():
+                self._metrics[name].inc(value)
+            self._timings["unit_done_unix_ms"].update(int(time.time() * 1000))
+            yield manifest
+
+    def _finish(self, finished: list[tuple[ViewedImage, np.ndarray]]) -> None:
+        """Writes the records of images that have their logits, each into its own unit."""
         settings = self._settings
-        counts = dict.fromkeys(COUNTERS, 0)
-        dead: list[str] = []
+        for image, logits in finished:
+            unit = self._owners.popleft()
+            unit.waiting -= 1
+            unit.counts["views"] += len(logits)
+            if not np.all(np.isfinite(logits)):
+                unit.dead_letter(image.image_id, image.origin, "teacher", "teacher produced non-finite logits",
+                                 "teacher_failed")
+                continue
+            if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
+                unit.counts["labelled_views"] += len(logits)
+                unit.counts["teacher_top1_correct"] += int(np.sum(np.argmax(logits, axis=1) == image.label))
+            unit.writer.write(to_record(image, logits, self._teacher_names, settings.top_k, settings.logit_dtype))
+            unit.counts["written"] += 1
+            self._written += 1
 
-        def dead_letter(image_id: str, origin: str, stage: str, reason: str, counter: str | None) -> None:
-            dead.append(dead_letter_json(image_id, origin, stage, reason))
-            if counter:
-                counts[counter] += 1
+    def _report(self) -> None:
+        """Adds what this bundle finished since the last line to the process's progress."""
+        batcher = self._batcher
+        if batcher is None or batcher.views == self._reported["views"]:
+            return
+        message = progress.add(self._written - self._reported["images"], batcher.views - self._reported["views"],
+                               self._settings.log_every)
+        self._reported.update(images=self._written, views=batcher.views)
+        if message:
+            logging.info(message)
 
-        def finish(finished: list[tuple[ViewedImage, np.ndarray]]) -> None:
-            for image, logits in finished:
-                if not np.all(np.isfinite(logits)):
-                    dead_letter(image.image_id, image.origin, "teacher", "teacher produced non-finite logits",
-                                "teacher_failed")
-                    continue
-                if image.label >= 0:  # the teacher's top-1 on labelled inputs: a check of teacher and views
-                    counts["labelled_views"] += len(logits)
-                    counts["teacher_top1_correct"] += int(np.sum(np.argmax(logits, axis=1) == image.label))
-                writer.write(to_record(image, logits, self._teacher_names, settings.top_k, settings.logit_dtype))
-                counts["written"] += 1
-
-        reported = {"images": 0, "views": 0}
-
-        def report(batcher: ViewBatcher) -> None:
-            """Adds what this shard finished since the last line to the process's progress."""
-            if batcher.views == reported["views"]:
-                return
-            message = progress.add(counts["written"] - reported["images"], batcher.views - reported["views"],
-                                   settings.log_every)
-            reported.update(images=counts["written"], views=batcher.views)
-            if message:
-                logging.info(message)
-
-        progress.start()
-        batcher = ViewBatcher(self._teacher, max(settings.batch_size, 1), overlap=True)
-        for item in self._read(shard, counts, dead_letter):
+    def _extract(self, shard: Any, unit: _OpenUnit, duplicates: Mapping[str, str]) -> None:
+        """Reads a unit's inputs and hands each decoded image's views to the bundle's batcher."""
+        settings = self._settings
+        if self._batcher is None:
+            progress.start()
+            self._batcher = ViewBatcher(self._teacher, max(settings.batch_size, 1), overlap=True)
+        batcher = self._batcher
+        for item in self._read(shard, unit.counts, unit.dead_letter):
             winner = duplicates.get(str(item.image_id))
             if winner is not None and winner != str(item.origin):
-                dead_letter(str(item.image_id), str(item.origin), "duplicate",
-                            f"duplicate image id: the copy written (or dead-lettered) is {winner}", "duplicates")
+                unit.dead_letter(str(item.image_id), str(item.origin), "duplicate",
+                                 f"duplicate image id: the copy written (or dead-lettered) is {winner}", "duplicates")
                 continue
             if is_failure(item):
-                dead_letter(str(item.image_id), str(item.origin), "read", str(item.reason), "read_failed")
+                unit.dead_letter(str(item.image_id), str(item.origin), "read", str(item.reason), "read_failed")
                 continue
             try:
                 image = images.decode_rgb(item.encoded, min_side=self._min_side, max_pixels=settings.max_image_pixels)
-                viewed = make_views(item, image, self._input_size, settings.num_views, settings.seed, settings.min_scale,
-                                    settings.store_image_max_side)
+                viewed = make_views(item, image, self._input_size, settings.num_views, settings.seed,
+                                    settings.min_scale, settings.store_image_max_side)
             except Exception as error:  # pylint: disable=broad-except  # inputs are untrusted: never fail the job
                 reason = str(error) if isinstance(error, images.ImageDecodeError) else f"{type(error).__name__}: {error}"
-                dead_letter(str(item.image_id), str(item.origin), "decode", reason, "decode_failed")
+                unit.dead_letter(str(item.image_id), str(item.origin), "decode", reason, "decode_failed")
                 continue
+            unit.waiting += 1
+            self._owners.append(unit)
             calls = batcher.calls
-            finish(batcher.add(viewed))
+            self._finish(batcher.add(viewed, owner=unit))
             if batcher.calls != calls:
-                report(batcher)
-        finish(batcher.flush())
-        report(batcher)
-        counts["batches"], counts["views"] = batcher.calls, batcher.views
-        counts["dead_letters"] = len(dead)
-        return counts, dead
+                self._report()
 
     def _read(self, shard: Any, counts: dict[str, int], dead_letter: Callable) -> Iterator[Any]:
         """The shard's items; a shard whose reading fails part-way dead-letters each input it still held."""

@@ -42,7 +42,9 @@ class TeacherLoader:
     whose default is auto), the batch every call has (litert compiles the model for it), and LiteRT's
     threads: `threads` (--teacher_threads), or with 0 the worker's CPUs divided among the
     `processes_per_machine` worker processes that share them (0 = one per CPU; see
-    `pipelines.extraction.worker_processes_per_machine`)."""
+    `pipelines.extraction.worker_processes_per_machine`). The threads run as as many one-thread
+    interpreters, each on its own batch (`LiteRTTeacher`'s `concurrent_calls`; ViewBatcher keeps that
+    many calls in flight)."""
 
     specs: tuple[str, ...]
     trust_saved_model: bool = False
@@ -56,7 +58,7 @@ class TeacherLoader:
 
         teacher = teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
         threads = litert_teacher.threads_per_process(self.threads, self.processes_per_machine, cpus.available_cpus())
-        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size, threads)
+        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size, 1, interpreters=threads)
 
     @property
     def tag(self) -> str:

@@ -3,6 +3,7 @@ checked against the teacher called directly on the same views."""
 
 import dataclasses
 import json
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -72,9 +73,12 @@ def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
         np.testing.assert_allclose(record.logsumexp, lse, rtol=1e-5)
     counters = result.counters
     assert counters["read"] == 7 and counters["written"] == 7 and counters["dead_letters"] == 0
-    assert counters["views"] == 21 and counters["batches"] >= 3  # 21 views in batches of at most 8 (+ 1 image)
+    # 21 views of 4 units (2 + 2 + 2 + 1 images) in calls of 8 that run on from one unit into the next: 8 + 8 + 5
+    # (padded); each unit drained alone would have made 4 calls.
+    assert counters["views"] == 21 and counters["batches"] == 3
     progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
-    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress  # first >= --log_every=5
+    # The first line once >= --log_every=5 images are written: the third call's logits finish all 7.
+    assert progress and progress[0].startswith("extract: 7 images, 21 views"), progress
     with open(extraction.summary_path(config.output), encoding="utf-8") as file:
         summary = json.load(file)
     assert summary["counters"]["written"] == 7 and summary["balanced"] is True and summary["teachers"] == ["fake"]
@@ -290,6 +294,50 @@ def test_an_overlapping_view_batcher_makes_the_same_calls_and_returns_images_one
     assert (ahead.calls, ahead.views) == (plain.calls, plain.views) == (4, 15)
 
 
+class _ConcurrentTeacher(_CountingTeacher):
+    """A teacher of `concurrent_calls` = 3 whose first three calls each wait until all three have started
+    (a batcher that ran fewer at once would break the barrier), counting the most calls that ran at once."""
+
+    concurrent_calls = 3
+
+    def __init__(self):
+        super().__init__()
+        self._lock, self._barrier = threading.Lock(), threading.Barrier(3, timeout=30)
+        self.running = self.most_running = 0
+
+    def predict(self, batch, batch_size=32):
+        with self._lock:
+            index = len(self.calls)
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.calls.append(len(batch))
+        if index < 3:
+            self._barrier.wait()
+        logits = np.stack([batch.mean(axis=(1, 2, 3)), np.full(len(batch), len(batch))], axis=1)
+        with self._lock:
+            self.running -= 1
+        return logits
+
+
+def test_a_view_batcher_keeps_as_many_calls_in_flight_as_the_teacher_has_interpreters():
+    sequential, concurrent = _CountingTeacher(), _ConcurrentTeacher()
+    plain, ahead = extract_shard.ViewBatcher(sequential, 4), extract_shard.ViewBatcher(concurrent, 4, overlap=True)
+    images = [_viewed(f"image-{index}", [index, index + 100, index + 200]) for index in range(12)]
+    finished = {"plain": [], "ahead": []}
+    for image in images:
+        finished["plain"] += plain.add(image)
+        finished["ahead"] += ahead.add(image)
+    finished["plain"] += plain.flush()
+    finished["ahead"] += ahead.flush()
+    assert concurrent.most_running == 3  # the three calls ran together, and never a fourth with them
+    assert sorted(concurrent.calls) == sequential.calls == [4] * 9
+    assert [image.image_id for image, _ in finished["ahead"]] == [image.image_id for image in images]  # in order
+    for (image, logits), (same_image, same_logits) in zip(finished["plain"], finished["ahead"]):
+        assert image.image_id == same_image.image_id
+        np.testing.assert_array_equal(logits, same_logits)
+    assert (ahead.calls, ahead.views) == (plain.calls, plain.views) == (9, 36)
+
+
 def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
     from pipelines import teacher_inference
 
@@ -312,7 +360,7 @@ def test_a_second_job_in_the_same_process_logs_its_own_progress(tmp_path, caplog
     caplog.clear()
     run_job(tmp_path / "second", good_items(7), views=3, seed=5, per_shard=2)
     progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
-    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress
+    assert progress and progress[0].startswith("extract: 7 images, 21 views"), progress
 
 
 def test_an_earlier_output_is_refused_unless_overwrite_or_resume(tmp_path):
