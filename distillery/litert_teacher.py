@@ -19,9 +19,9 @@ takes exactly that batch_size and splits or pads the images into calls of it.
 from __future__ import annotations
 
 import logging as python_logging
-import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -124,57 +124,44 @@ def converter_complaint(error: Exception) -> str:
 
 
 class LiteRTTeacher:
-    """The Teacher interface over LiteRT interpreters compiled for a fixed batch.
-
-    With `interpreters` > 1 the teacher holds that many copies of the model, each a batch at a time:
-    `concurrent_calls` calls from as many threads then run at once (extraction keeps that many batches
-    in flight). Several one-thread interpreters use a process's cores better than one interpreter on all
-    of them: XNNPACK's threads wait for each other at every operator, so while another thread of the
-    process (decoding, cropping) holds one of the cores, a many-thread forward pass runs at the pace of
-    its slowest thread (docs/results.md "Extraction").
+    """The Teacher interface over one LiteRT interpreter compiled for a fixed batch.
 
     Attributes:
       names, input_size, num_classes: as the TensorFlow teacher it was converted from.
       batch_size: the compiled batch; `predict` must be called with it.
-      num_threads: XNNPACK's threads per interpreter.
-      concurrent_calls: the interpreters, each one call at a time.
+      num_threads: XNNPACK's threads.
       runtime: "litert".
     """
 
     runtime = "litert"
 
     def __init__(self, names: Sequence[str], input_size: tuple[int, int], num_classes: int, model_content: bytes,
-                 batch_size: int, num_threads: int, interpreters: int = 1):
+                 batch_size: int, num_threads: int):
         self.names = tuple(names)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.num_classes = int(num_classes)
         self.batch_size = int(batch_size)
         self.num_threads = int(num_threads)
-        if interpreters < 1:
-            raise ValueError(f"interpreters must be >= 1, got {interpreters}")
-        self.concurrent_calls = int(interpreters)
         self.model_bytes = len(model_content)
         name = f"teacher {'+'.join(self.names)} (.tflite)"
-        pool = [tflite_model.make_interpreter(model_content, self.num_threads, name) for _ in range(interpreters)]
-        self._input = pool[0].get_input_details()[0]
-        self._output = pool[0].get_output_details()[0]
+        self._interpreter = tflite_model.make_interpreter(model_content, self.num_threads, name)
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
         expected_in = (self.batch_size, *self.input_size, 3)
         if tuple(self._input["shape"]) != expected_in or tuple(self._output["shape"]) != (self.batch_size,
                                                                                         self.num_classes):
             raise tflite_model.ModelFileError(f"{name}: takes {list(self._input['shape'])} and gives "
                                               f"{list(self._output['shape'])}, expected {list(expected_in)} and "
                                               f"{[self.batch_size, self.num_classes]}")
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # interpreters not running a call; shared by threads
-        for interpreter in pool:
-            self._idle.put(interpreter)
+        self._lock = threading.Lock()  # one interpreter, possibly shared by several DoFn threads
 
     def __repr__(self) -> str:
         return (f"LiteRTTeacher(names={self.names}, input_size={self.input_size}, num_classes={self.num_classes}, "
-                f"batch_size={self.batch_size}, num_threads={self.num_threads}, interpreters={self.concurrent_calls})")
+                f"batch_size={self.batch_size}, num_threads={self.num_threads})")
 
     @classmethod
     def from_teacher(cls, teacher: Any, batch_size: int, num_threads: int | None = None,
-                     check: bool = True, interpreters: int = 1) -> LiteRTTeacher:
+                     check: bool = True) -> LiteRTTeacher:
         """Converts a loaded TensorFlow Teacher (see `convert_teacher`) and, with `check`, compares the two
         on one random probe batch.
 
@@ -185,7 +172,7 @@ class LiteRTTeacher:
         flatbuffer, concrete = convert_teacher(teacher, batch_size)
         try:
             converted = cls(teacher.names, teacher.input_size, teacher.num_classes, flatbuffer, batch_size,
-                            num_threads or cpus.available_cpus(), interpreters)
+                            num_threads or cpus.available_cpus())
         except tflite_model.ModelFileError as error:
             raise _conversion_failed(teacher, str(error)) from None
         if check:
@@ -198,20 +185,15 @@ class LiteRTTeacher:
                 raise _conversion_failed(teacher, f"its .tflite logits differ from TensorFlow's by {difference:.3g} "
                                                   f"on a probe batch (allowed {PROBE_TOLERANCE * scale:.3g})")
         logging.info("teacher %s: converted to a float32 .tflite (%d bytes) at batch %d in %.1f s; LiteRT runs it "
-                     "on %d thread(s): %d interpreter(s) of %d thread(s), each on its own batch",
-                     _teacher_name(teacher), len(flatbuffer), batch_size, time.perf_counter() - start,
-                     converted.num_threads * converted.concurrent_calls, converted.concurrent_calls,
-                     converted.num_threads)
+                     "on %d thread(s)", _teacher_name(teacher), len(flatbuffer), batch_size,
+                     time.perf_counter() - start, converted.num_threads)
         return converted
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        interpreter = self._idle.get()  # waits while every interpreter runs another thread's call
-        try:
-            interpreter.set_tensor(self._input["index"], batch)
-            interpreter.invoke()  # releases the GIL: other threads decode meanwhile
-            return interpreter.get_tensor(self._output["index"])  # a copy: the interpreter may run again
-        finally:
-            self._idle.put(interpreter)
+        with self._lock:
+            self._interpreter.set_tensor(self._input["index"], batch)
+            self._interpreter.invoke()  # releases the GIL: other threads decode meanwhile
+            return self._interpreter.get_tensor(self._output["index"])
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Logits [N, C] float32 of images [N, H, W, 3] (0..255), in calls of the compiled batch (the last
@@ -247,16 +229,15 @@ class LiteRTTeacher:
         return logits
 
 
-def with_runtime(teacher: Any, runtime: str, batch_size: int, num_threads: int | None = None,
-                 interpreters: int = 1) -> Any:
-    """`teacher` itself for runtime tf, its LiteRT conversion for litert (`interpreters` copies of
-    `num_threads` threads each); auto is resolved here, in the process that will run it (a Beam worker)."""
+def with_runtime(teacher: Any, runtime: str, batch_size: int, num_threads: int | None = None) -> Any:
+    """`teacher` itself for runtime tf, its LiteRT conversion for litert; auto is resolved here, in the
+    process that will run it (a Beam worker)."""
     resolved = resolve_runtime(runtime)
     if resolved == "tf":
         logging.info("teacher %s: runs on TensorFlow (--teacher_runtime=%s, %d GPU(s) visible)",
                      _teacher_name(teacher), runtime, visible_gpus())
         return teacher
-    return LiteRTTeacher.from_teacher(teacher, batch_size, num_threads, interpreters=interpreters)
+    return LiteRTTeacher.from_teacher(teacher, batch_size, num_threads)
 
 
 def main(argv: Sequence[str]) -> None:

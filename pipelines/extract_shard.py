@@ -124,11 +124,10 @@ class ViewBatcher:
     `add` returns the images whose every view has its logits, in the order they were added; `flush`
     finishes the rest with one padded call. At most `batch_size` + V views are held at a time.
 
-    With `overlap`, calls run in background threads while the caller decodes and crops the next batch
-    (the teacher releases the GIL: TensorFlow's ops and LiteRT's invoke do), up to the teacher's
-    `concurrent_calls` at once (1 unless it has several interpreters): an image then comes back that many
-    calls later, at most (calls + 1) x `batch_size` + V views are held, and the calls, their order and so
-    the logits are the same.
+    With `overlap`, each call runs in a background thread while the caller decodes and crops the next
+    batch (the teacher releases the GIL: TensorFlow's ops and LiteRT's invoke do): an image then comes
+    back one call later, at most 2 x `batch_size` + V views are held, and the calls, their order and
+    so the logits are the same. One call at a time is in flight.
     """
 
     def __init__(self, teacher: Any, batch_size: int, overlap: bool = False):
@@ -136,10 +135,8 @@ class ViewBatcher:
         self._images: list[ViewedImage] = []      # waiting, in order
         self._logits: list[list[np.ndarray]] = []  # per waiting image, the logits of its views so far
         self._queue: list[tuple[list[np.ndarray], np.ndarray, Any]] = []  # (its image's logits, a view, owner)
-        self._most_in_flight = max(1, int(getattr(teacher, "concurrent_calls", 1)))
-        self._executor = (concurrent.futures.ThreadPoolExecutor(self._most_in_flight, "teacher") if overlap
-                          else None)
-        self._in_flight: collections.deque[tuple[list, concurrent.futures.Future]] = collections.deque()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "teacher") if overlap else None
+        self._in_flight: tuple[list, concurrent.futures.Future] | None = None
         self.calls = 0
         self.views = 0
         self.calls_by_owner: collections.Counter = collections.Counter()  # each call counts for its last view's
@@ -157,8 +154,7 @@ class ViewBatcher:
     def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
         if self._queue:
             self._run(len(self._queue))
-        while self._in_flight:
-            self._collect_oldest()
+        self._collect()
         if self._executor is not None:
             self._executor.shutdown()
         return self._pop_finished()
@@ -166,18 +162,18 @@ class ViewBatcher:
     def _run(self, count: int) -> None:
         taken, self._queue = self._queue[:count], self._queue[count:]
         views = np.stack([view for _, view, _ in taken])
+        self._collect()
         if self._executor is None:
             self._assign(taken, run_fixed_batches(self._teacher, views, self._batch_size))
-            return
-        while len(self._in_flight) >= self._most_in_flight:
-            self._collect_oldest()
-        self._in_flight.append((taken, self._executor.submit(run_fixed_batches, self._teacher, views,
-                                                             self._batch_size)))
+        else:
+            self._in_flight = (taken, self._executor.submit(run_fixed_batches, self._teacher, views, self._batch_size))
 
-    def _collect_oldest(self) -> None:
-        """Waits for the oldest call in flight and hands its logits to their images."""
-        taken, future = self._in_flight.popleft()
-        self._assign(taken, future.result())
+    def _collect(self) -> None:
+        """Waits for the call in flight, if any, and hands its logits to their images."""
+        if self._in_flight is not None:
+            taken, future = self._in_flight
+            self._in_flight = None
+            self._assign(taken, future.result())
 
     def _assign(self, taken: list[tuple[list[np.ndarray], np.ndarray, Any]], logits: np.ndarray) -> None:
         for (slot, _, _), row in zip(taken, logits):

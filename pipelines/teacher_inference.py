@@ -42,9 +42,7 @@ class TeacherLoader:
     whose default is auto), the batch every call has (litert compiles the model for it), and LiteRT's
     threads: `threads` (--teacher_threads), or with 0 the worker's CPUs divided among the
     `processes_per_machine` worker processes that share them (0 = one per CPU; see
-    `pipelines.extraction.worker_processes_per_machine`). The threads run as as many one-thread
-    interpreters, each on its own batch (`LiteRTTeacher`'s `concurrent_calls`; ViewBatcher keeps that
-    many calls in flight)."""
+    `pipelines.extraction.worker_processes_per_machine`)."""
 
     specs: tuple[str, ...]
     trust_saved_model: bool = False
@@ -58,7 +56,7 @@ class TeacherLoader:
 
         teacher = teachers.load_teachers(list(self.specs), trust_saved_model=self.trust_saved_model)
         threads = litert_teacher.threads_per_process(self.threads, self.processes_per_machine, cpus.available_cpus())
-        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size, 1, interpreters=threads)
+        return litert_teacher.with_runtime(teacher, self.runtime, self.batch_size, threads)
 
     @property
     def tag(self) -> str:

@@ -10,7 +10,6 @@
     .venv/bin/python -m pytest -q -p no:xdist tests/test_extract_litert.py
 """
 
-import concurrent.futures
 import json
 import logging
 import os
@@ -119,22 +118,6 @@ def test_the_converted_teacher_gives_tensorflows_logits(model_files):
                                    atol=1e-4)
 
 
-def test_interpreters_run_calls_from_several_threads_at_once_with_the_logits_of_one(model_files):
-    keras_path, _ = model_files
-    teacher = teachers.load_teachers([keras_path])
-    pool = litert_teacher.LiteRTTeacher.from_teacher(teacher, batch_size=4, num_threads=1, interpreters=2)
-    assert (pool.concurrent_calls, pool.num_threads) == (2, 1)
-    batches = np.random.default_rng(4).uniform(0, 255, (6, 4, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
-    alone = [pool.predict(batch, batch_size=4) for batch in batches]  # one call at a time
-    with concurrent.futures.ThreadPoolExecutor(3) as executor:  # more threads than interpreters: the third waits
-        together = list(executor.map(lambda batch: pool.predict(batch, batch_size=4), batches))
-    for one, other, batch in zip(alone, together, batches):
-        np.testing.assert_array_equal(one, other)  # each call on its own copy of the model: nothing mixed
-        np.testing.assert_allclose(one, teacher.predict(batch, batch_size=4), atol=1e-4)
-    with pytest.raises(ValueError, match="interpreters"):
-        litert_teacher.LiteRTTeacher(pool.names, pool.input_size, pool.num_classes, b"", 4, 1, interpreters=0)
-
-
 def test_worker_processes_per_machine_follow_the_runner():
     processes = extraction.worker_processes_per_machine
     assert processes([]) == 1  # the in-process FnApiRunner
@@ -192,12 +175,9 @@ def test_the_loader_is_picklable_and_its_tag_keeps_runtimes_and_batches_apart(mo
     teacher = loader()
     assert teacher.runtime == "litert" and teacher.batch_size == 8 and teacher_inference.runtime_of(teacher) == "litert"
     assert teacher_inference.runtime_of(teacher_inference.TeacherLoader((keras_path,), runtime="tf")()) == "tf"
-    # One process (the default): every CPU it may use, as one one-thread interpreter per CPU.
-    assert (teacher.num_threads, teacher.concurrent_calls) == (1, cpus.available_cpus())
+    assert teacher.num_threads == cpus.available_cpus()  # one process (the default): every CPU it may use
     per_cpu = teacher_inference.TeacherLoader((keras_path,), runtime="litert", batch_size=8, processes_per_machine=0)
-    assert per_cpu.tag != loader.tag and per_cpu().concurrent_calls == 1  # one process per CPU (Dataflow)
-    explicit = teacher_inference.TeacherLoader((keras_path,), runtime="litert", batch_size=8, threads=3)()
-    assert (explicit.num_threads, explicit.concurrent_calls) == (1, 3)  # --teacher_threads=3
+    assert per_cpu.tag != loader.tag and per_cpu().num_threads == 1  # one process per CPU (Dataflow)
 
 
 def test_a_teacher_that_does_not_convert_fails_before_the_pipeline_naming_it(tmp_path, model_files):

@@ -3,7 +3,6 @@ checked against the teacher called directly on the same views."""
 
 import dataclasses
 import json
-import threading
 
 import apache_beam as beam
 import numpy as np
@@ -275,6 +274,18 @@ def test_view_batcher_calls_the_teacher_on_exactly_batch_size_views_and_splits_t
     assert (batcher.calls, batcher.views) == (2, 6)
 
 
+def test_view_batcher_counts_each_call_for_the_owner_of_its_last_view():
+    teacher = _CountingTeacher()
+    batcher = extract_shard.ViewBatcher(teacher, batch_size=4, overlap=True)
+    finished = batcher.add(_viewed("a", [1, 2, 3, 4, 5]), owner="unit-1")  # one call of 4 of a's views
+    finished += batcher.add(_viewed("b", [6, 7]), owner="unit-2")         # a's 5th + b's two: 3, no call
+    finished += batcher.add(_viewed("c", [8]), owner="unit-3")            # 4: a call ending with c's view
+    finished += batcher.flush()
+    assert teacher.calls == [4, 4] and [image.image_id for image, _ in finished] == ["a", "b", "c"]
+    assert batcher.calls_by_owner == {"unit-1": 1, "unit-3": 1}  # unit-2's views rode in unit-3's call
+    assert sum(batcher.calls_by_owner.values()) == batcher.calls
+
+
 def test_an_overlapping_view_batcher_makes_the_same_calls_and_returns_images_one_call_later():
     sequential, overlapping = _CountingTeacher(), _CountingTeacher()
     plain, ahead = extract_shard.ViewBatcher(sequential, 4), extract_shard.ViewBatcher(overlapping, 4, overlap=True)
@@ -292,50 +303,6 @@ def test_an_overlapping_view_batcher_makes_the_same_calls_and_returns_images_one
         assert image.image_id == same_image.image_id
         np.testing.assert_array_equal(logits, same_logits)
     assert (ahead.calls, ahead.views) == (plain.calls, plain.views) == (4, 15)
-
-
-class _ConcurrentTeacher(_CountingTeacher):
-    """A teacher of `concurrent_calls` = 3 whose first three calls each wait until all three have started
-    (a batcher that ran fewer at once would break the barrier), counting the most calls that ran at once."""
-
-    concurrent_calls = 3
-
-    def __init__(self):
-        super().__init__()
-        self._lock, self._barrier = threading.Lock(), threading.Barrier(3, timeout=30)
-        self.running = self.most_running = 0
-
-    def predict(self, batch, batch_size=32):
-        with self._lock:
-            index = len(self.calls)
-            self.running += 1
-            self.most_running = max(self.most_running, self.running)
-            self.calls.append(len(batch))
-        if index < 3:
-            self._barrier.wait()
-        logits = np.stack([batch.mean(axis=(1, 2, 3)), np.full(len(batch), len(batch))], axis=1)
-        with self._lock:
-            self.running -= 1
-        return logits
-
-
-def test_a_view_batcher_keeps_as_many_calls_in_flight_as_the_teacher_has_interpreters():
-    sequential, concurrent = _CountingTeacher(), _ConcurrentTeacher()
-    plain, ahead = extract_shard.ViewBatcher(sequential, 4), extract_shard.ViewBatcher(concurrent, 4, overlap=True)
-    images = [_viewed(f"image-{index}", [index, index + 100, index + 200]) for index in range(12)]
-    finished = {"plain": [], "ahead": []}
-    for image in images:
-        finished["plain"] += plain.add(image)
-        finished["ahead"] += ahead.add(image)
-    finished["plain"] += plain.flush()
-    finished["ahead"] += ahead.flush()
-    assert concurrent.most_running == 3  # the three calls ran together, and never a fourth with them
-    assert sorted(concurrent.calls) == sequential.calls == [4] * 9
-    assert [image.image_id for image, _ in finished["ahead"]] == [image.image_id for image in images]  # in order
-    for (image, logits), (same_image, same_logits) in zip(finished["plain"], finished["ahead"]):
-        assert image.image_id == same_image.image_id
-        np.testing.assert_array_equal(logits, same_logits)
-    assert (ahead.calls, ahead.views) == (plain.calls, plain.views) == (9, 36)
 
 
 def test_progress_lines_every_n_images_with_the_rate_from_a_fake_clock():
