@@ -120,7 +120,7 @@ def calibration_images(pattern: str, size: tuple[int, int], steps: int, channels
     """Up to `steps` calibration inputs [1, H, W, C] float32 0..255 from soft-label records.
 
     Each is view 0 of a record (the centre crop when the extraction stored one view) as
-    `distillery.record_pixels.stored_view` makes it, exactly what the student saw in training. Records are
+    `distillery.record_pixels.stored_view` makes it, what the student saw in training (to ~5e-3 of 255). Records are
     read through `distillery.records`; an image that is not stored inline is read from its `image/path`.
 
     Raises:

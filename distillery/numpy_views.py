@@ -1,11 +1,12 @@
 """`views.crop_view` computed on the host with NumPy and SciPy, for the callers outside a TF graph.
 
-Extraction's workers, quantization's calibration and record inspection crop views of decoded images in
-Python; the trainer crops the same views inside its tf.data graph with `views.crop_view`, which stays
+Extraction's workers and quantization's calibration (`record_pixels.stored_view`) crop views of
+decoded images in Python; the trainer crops the same views inside its tf.data graph with `views.crop_view`, which stays
 the definition. Here the antialiased bilinear resize is written as what it is, a separable linear map:
 each output row is a weighted sum of a few input rows (then the same for columns), with the weights of
 TensorFlow's ScaleAndTranslate (triangle kernel, half-pixel centres, the kernel widened by the downscale
-factor, weights renormalized at the borders). Two sparse matrix products on one core replace the op's
+factor, weights renormalized at the borders; where the box is no larger than the output, `patch_view`
+takes TensorFlow's plain ResizeBilinear, the same map to ~1e-3 of 255). Two sparse matrix products on one core replace the op's
 gathers on all of them: the crop of a ~400 px photo to 224 px costs ~0.4x TensorFlow's time
 (docs/results.md "Extraction"), and equals `views.crop_view` to ~5e-3 of 255 (float32 summation order;
 tests/test_numpy_views.py).
@@ -24,10 +25,10 @@ import scipy.sparse
 
 # A pixel is padded to 4 float32 channels so that it is one 16-byte element (complex128) when the image is
 # transposed between the two passes: NumPy moves a 3-channel pixel value by value, ~10x slower.
-_PIXEL = 4
+_PADDED_CHANNELS = 4
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)  # ~10-60 KB each
 def resize_weights(input_size: int, output_size: int) -> scipy.sparse.csr_matrix:
     """[output_size, input_size] weights of an antialiased bilinear resize along one axis, as
     ScaleAndTranslate computes them (its float32 sample positions; cached: box sides repeat)."""
@@ -51,7 +52,7 @@ def resize_weights(input_size: int, output_size: int) -> scipy.sparse.csr_matrix
 def _transpose_pixels(pixels: np.ndarray, rows: int, columns: int) -> np.ndarray:
     """[rows, columns * 4] float32 -> [columns, rows * 4]: a transpose that keeps each pixel's channels."""
     as_pixels = np.ascontiguousarray(pixels).view(np.complex128).reshape(rows, columns)
-    return np.ascontiguousarray(as_pixels.T).view(np.float32).reshape(columns, rows * _PIXEL)
+    return np.ascontiguousarray(as_pixels.T).view(np.float32).reshape(columns, rows * _PADDED_CHANNELS)
 
 
 def resize(patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -59,12 +60,12 @@ def resize(patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     of `views.patch_view` before its flip and clip; the 4th channel is zero."""
     height, width = patch.shape[:2]
     out_height, out_width = size
-    padded = np.zeros((height, width, _PIXEL), np.float32)
+    padded = np.zeros((height, width, _PADDED_CHANNELS), np.float32)
     for channel in range(3):  # one channel at a time: NumPy's inner loop then runs along a row
         padded[..., channel] = patch[..., channel]
-    rows = resize_weights(height, out_height) @ padded.reshape(height, width * _PIXEL)
+    rows = resize_weights(height, out_height) @ padded.reshape(height, width * _PADDED_CHANNELS)
     columns = resize_weights(width, out_width) @ _transpose_pixels(rows, out_height, width)
-    return _transpose_pixels(columns, out_width, out_height).reshape(out_height, out_width, _PIXEL)
+    return _transpose_pixels(columns, out_width, out_height).reshape(out_height, out_width, _PADDED_CHANNELS)
 
 
 def pixel_box(crop: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:

@@ -2,7 +2,8 @@
 
 The one definition of what a model is fed from a record, for the trainer's tf.data pipeline (the graph
 functions, `*_tensor`) and for int8 calibration and the benchmark's evaluation (the NumPy functions, which
-run the same graph decoder, compiled once, so all three see the same pixels):
+run the same graph decoder, compiled once, and crop with `numpy_views`, so all three see the same
+pixels, a stored view to ~5e-3 of 255):
 
 - the image: the record's stored bytes, else the original file at its image/path, decoded with
   TensorFlow ops only (no Python in the input pipeline, so decoding scales with the cores, not the GIL):

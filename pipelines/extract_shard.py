@@ -2,15 +2,15 @@
 
 A work unit (a shard of the source) is read whole by one DoFn call, so nothing that carries image
 bytes, pixels or views crosses a shuffle: only shard descriptions go in and small manifests come out.
-The teacher is called on exactly `batch_size` views each time (views of consecutive images share a
-call, across the units of a bundle too; only the bundle's last call is padded), so a view's logits do
-not depend on its neighbours and a rerun writes byte-identical records. Calls run in background
-threads while the next batch is decoded and cropped, and they keep running from one unit into the
-next: a unit's last images wait for the next unit's first ones instead of the cores waiting for them
-(a unit of 125 images took ~1/6 longer when every unit drained the teacher: docs/results.md
-"Extraction"). A unit's records are streamed to a temporary file and committed with its manifest
-(pipelines/shard_output.py) once its last image has its logits, in the next unit's call or at the end
-of the bundle; with `resume`, a committed shard is not done again.
+The teacher is called on exactly `batch_size` views each time (views of consecutive images of a unit
+share a call; a unit's last call is padded), so a view's logits do not depend on its neighbours and a
+rerun writes byte-identical records. Calls run in a background thread while the next batch is decoded
+and cropped, and they keep running from one unit into the next: the next unit is read and decoded
+while the last call of the one before runs, instead of the cores waiting for it (a unit of 125 images
+took ~1/6 longer when every unit drained the teacher: docs/results.md "Extraction"). A unit's records
+are streamed to a temporary file and committed with its manifest (pipelines/shard_output.py) once its
+last image has its logits, while the next unit is read or at the end of the bundle; with `resume`, a
+committed shard is not done again.
 
     python -c "from pipelines import extract_shard; help(extract_shard.ExtractShardFn)"
 """
@@ -139,7 +139,7 @@ class ViewBatcher:
         self._in_flight: tuple[list, concurrent.futures.Future] | None = None
         self.calls = 0
         self.views = 0
-        self.calls_by_owner: collections.Counter = collections.Counter()  # each call counts for its last view's
+        self.calls_by_owner: collections.Counter = collections.Counter()  # calls per owner of a call's last view
 
     def add(self, image: ViewedImage, owner: Any = None) -> list[tuple[ViewedImage, np.ndarray]]:
         """Queues an image's views (`owner`: whom `calls_by_owner` counts the calls that end with them)."""
@@ -151,13 +151,27 @@ class ViewBatcher:
             self._run(self._batch_size)
         return self._pop_finished()
 
-    def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
+    def cut(self) -> list[tuple[ViewedImage, np.ndarray]]:
+        """Sends the views still queued as one padded call, without waiting for it: the next image's views
+        start a new call (a work unit's end)."""
         if self._queue:
             self._run(len(self._queue))
+        return self._pop_finished()
+
+    def flush(self) -> list[tuple[ViewedImage, np.ndarray]]:
+        finished = self.cut()
         self._collect()
         if self._executor is not None:
             self._executor.shutdown()
-        return self._pop_finished()
+        return finished + self._pop_finished()
+
+    def close(self) -> None:
+        """Gives up: waits for the call in flight without using its logits and ends the background thread."""
+        if self._in_flight is not None:
+            concurrent.futures.wait([self._in_flight[1]])
+            self._in_flight = None
+        if self._executor is not None:
+            self._executor.shutdown()
 
     def _run(self, count: int) -> None:
         taken, self._queue = self._queue[:count], self._queue[count:]
@@ -265,11 +279,9 @@ class ExtractShardFn(beam.DoFn):
         unit = _OpenUnit(key, fingerprint, shard_output.ShardWriter(self._settings.output, key),
                          dict.fromkeys(COUNTERS, 0))
         self._open.append(unit)
-        try:
-            self._extract(shard, unit, duplicates or {})
-            unit.read_all = True
-            yield from self._commit_finished()
-        except BaseException:
+        try:  # Exception, not BaseException: a generator closed early (GeneratorExit) is not a failure
+            yield from self._extract(shard, unit, duplicates or {})
+        except Exception:
             self._abort_open()
             raise
 
@@ -278,29 +290,37 @@ class ExtractShardFn(beam.DoFn):
             if self._batcher is not None:
                 self._finish(self._batcher.flush())
                 self._report()
-            for manifest in self._commit_finished():
-                yield beam.transforms.window.GlobalWindows.windowed_value(manifest)
-        except BaseException:
+            manifests = list(self._commit_finished())
+            if self._open:
+                raise RuntimeError(f"extract: work units {[unit.key for unit in self._open]} still wait for "
+                                   "logits after the bundle's last call")
+        except Exception:
             self._abort_open()
             raise
-        finally:
-            self._start_bundle_state()
+        self._start_bundle_state()
+        for manifest in manifests:
+            yield beam.transforms.window.GlobalWindows.windowed_value(manifest)
 
     def _abort_open(self) -> None:
-        """A failed bundle: drops the temporary files of every unit not yet committed (the runner retries)."""
+        """A failed bundle: stops the teacher's call in flight and drops the temporary files of every unit
+        not yet committed (the runner retries the bundle)."""
+        if self._batcher is not None:
+            self._batcher.close()
         for unit in self._open:
             unit.writer.abort()
         self._start_bundle_state()
 
     def _commit_finished(self) -> Iterator[dict]:
-        """Commits the oldest units while every image of theirs has been written; yields their manifests."""
+        """Commits the oldest units while every image of theirs has been written; yields their manifests.
+        A unit leaves the open ones only once committed, so a failed commit is aborted with the rest."""
         while self._open and self._open[0].read_all and self._open[0].waiting == 0:
-            unit = self._open.popleft()
+            unit = self._open[0]
             counts = unit.counts
-            counts["batches"] = self._batcher.calls_by_owner.pop(unit, 0) if self._batcher is not None else 0
+            counts["batches"] = self._batcher.calls_by_owner.pop(unit, 0)
             counts["dead_letters"] = len(unit.dead)
             manifest = unit.writer.commit({"shard": unit.fingerprint, "counters": counts, "dead_letters": unit.dead,
                                            "teacher_runtime": runtime_of(self._teacher)})
+            self._open.popleft()
             for name, value in counts.items():
                 self._metrics[name].inc(value)
             self._timings["unit_done_unix_ms"].update(int(time.time() * 1000))
@@ -335,8 +355,12 @@ class ExtractShardFn(beam.DoFn):
         if message:
             logging.info(message)
 
-    def _extract(self, shard: Any, unit: _OpenUnit, duplicates: Mapping[str, str]) -> None:
-        """Reads a unit's inputs and hands each decoded image's views to the bundle's batcher."""
+    def _extract(self, shard: Any, unit: _OpenUnit, duplicates: Mapping[str, str]) -> Iterator[dict]:
+        """Reads a unit's inputs and hands each decoded image's views to the bundle's batcher; yields the
+        manifests of earlier units as they are committed. The unit's last views go in a call of their own
+        (`ViewBatcher.cut`), so every unit's views start a call: a view's place in its call, hence its
+        logits to the last bit, does not depend on the units before it (a `--resume` writes the same
+        bytes as a run that was not interrupted)."""
         settings = self._settings
         if self._batcher is None:
             progress.start()
@@ -365,6 +389,11 @@ class ExtractShardFn(beam.DoFn):
             self._finish(batcher.add(viewed, owner=unit))
             if batcher.calls != calls:
                 self._report()
+                yield from self._commit_finished()
+        self._finish(batcher.cut())
+        self._report()
+        unit.read_all = True
+        yield from self._commit_finished()
 
     def _read(self, shard: Any, counts: dict[str, int], dead_letter: Callable) -> Iterator[Any]:
         """The shard's items; a shard whose reading fails part-way dead-letters each input it still held."""

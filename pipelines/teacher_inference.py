@@ -9,7 +9,7 @@ Why our own DoFn (pipelines/extract_shard.py) with Beam's `Shared` handle and no
 - Our unit of batching is the *view*, not the element: an image carries V views, a call stacks the views
   of several images, and the logits are split back per image; an image whose logits come out non-finite
   becomes a dead letter while the rest of the call is written.
-- A work unit is extracted whole inside one DoFn call, so no image bytes or pixels cross a shuffle.
+- A work unit is read whole inside one DoFn call, so no image bytes or pixels cross a shuffle.
 - `Shared` holds exactly one loaded teacher per worker process, across the DoFn instances that
   Dataflow runs in several threads of one process, and across bundles. The launcher acquires the same
   handle first (to check the specs and learn the input size before any heavy work), so a local
@@ -161,9 +161,8 @@ def run_fixed_batches(teacher: Any, views: np.ndarray, batch_size: int) -> np.nd
     """[N, C] logits of [N, H, W, 3] views, always calling the teacher on exactly `batch_size` views.
 
     The last call is padded with zeros. A fixed batch shape makes a view's logits independent of which
-    other views share its batch (kernels pick their blocking, hence their rounding, by shape), so a
-    rerun whose bundles batch images differently still writes byte-identical records; it also keeps
-    one compiled graph.
+    other views share its batch (kernels pick their blocking, hence their rounding, by shape; some CPUs
+    still round a row by its position: docs/extract.md), and it keeps one compiled graph.
     """
     count = len(views)
     padded_count = -(-count // batch_size) * batch_size

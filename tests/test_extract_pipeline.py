@@ -72,12 +72,10 @@ def test_records_hold_the_teachers_logits_of_each_view(tmp_path, caplog):
         np.testing.assert_allclose(record.logsumexp, lse, rtol=1e-5)
     counters = result.counters
     assert counters["read"] == 7 and counters["written"] == 7 and counters["dead_letters"] == 0
-    # 21 views of 4 units (2 + 2 + 2 + 1 images) in calls of 8 that run on from one unit into the next: 8 + 8 + 5
-    # (padded); each unit drained alone would have made 4 calls.
-    assert counters["views"] == 21 and counters["batches"] == 3
+    # 21 views of 4 units (2 + 2 + 2 + 1 images), each unit's views in calls of its own: 6, 6, 6, 3 (padded to 8).
+    assert counters["views"] == 21 and counters["batches"] == 4
     progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
-    # The first line once >= --log_every=5 images are written: the third call's logits finish all 7.
-    assert progress and progress[0].startswith("extract: 7 images, 21 views"), progress
+    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress  # first >= --log_every=5
     with open(extraction.summary_path(config.output), encoding="utf-8") as file:
         summary = json.load(file)
     assert summary["counters"]["written"] == 7 and summary["balanced"] is True and summary["teachers"] == ["fake"]
@@ -274,16 +272,18 @@ def test_view_batcher_calls_the_teacher_on_exactly_batch_size_views_and_splits_t
     assert (batcher.calls, batcher.views) == (2, 6)
 
 
-def test_view_batcher_counts_each_call_for_the_owner_of_its_last_view():
+def test_a_cut_sends_the_queued_views_as_a_call_of_their_own_without_waiting_for_it():
     teacher = _CountingTeacher()
     batcher = extract_shard.ViewBatcher(teacher, batch_size=4, overlap=True)
-    finished = batcher.add(_viewed("a", [1, 2, 3, 4, 5]), owner="unit-1")  # one call of 4 of a's views
-    finished += batcher.add(_viewed("b", [6, 7]), owner="unit-2")         # a's 5th + b's two: 3, no call
-    finished += batcher.add(_viewed("c", [8]), owner="unit-3")            # 4: a call ending with c's view
+    finished = batcher.add(_viewed("a", [1, 2, 3, 4, 5]), owner="unit-1")  # one call of a's first 4 views
+    finished += batcher.cut()  # a's 5th view: a call of its own (padded), in flight while the caller goes on
+    assert [image.image_id for image, _ in finished] == [] and batcher.calls == 1  # the cut did not wait
+    finished += batcher.add(_viewed("b", [6, 7]), owner="unit-2")  # a new call starts with b's views
     finished += batcher.flush()
-    assert teacher.calls == [4, 4] and [image.image_id for image, _ in finished] == ["a", "b", "c"]
-    assert batcher.calls_by_owner == {"unit-1": 1, "unit-3": 1}  # unit-2's views rode in unit-3's call
-    assert sum(batcher.calls_by_owner.values()) == batcher.calls
+    assert teacher.calls == [4, 4, 4] and [image.image_id for image, _ in finished] == ["a", "b"]
+    np.testing.assert_array_equal(finished[0][1][:, 0], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(finished[1][1][:, 0], [6, 7])  # not in a's padded call
+    assert batcher.calls_by_owner == {"unit-1": 2, "unit-2": 1}
 
 
 def test_an_overlapping_view_batcher_makes_the_same_calls_and_returns_images_one_call_later():
@@ -327,7 +327,7 @@ def test_a_second_job_in_the_same_process_logs_its_own_progress(tmp_path, caplog
     caplog.clear()
     run_job(tmp_path / "second", good_items(7), views=3, seed=5, per_shard=2)
     progress = [record.getMessage() for record in caplog.records if "images/s" in record.getMessage()]
-    assert progress and progress[0].startswith("extract: 7 images, 21 views"), progress
+    assert progress and progress[0].startswith("extract: 6 images, 18 views"), progress
 
 
 def test_an_earlier_output_is_refused_unless_overwrite_or_resume(tmp_path):

@@ -29,10 +29,9 @@ def test_weights_equal_tensorflows_resize_of_the_identity(in_size, out_size):
 
 
 @pytest.mark.parametrize("height,width,size,num_views", [
-    (300, 400, (224, 224), 6),  # a photo to the teacher's input: every box a downscale
+    (300, 400, (224, 224), 6),  # a photo to the teacher's input: boxes of 5-100% of it, down- and upscaled
     (40, 30, (16, 12), 5),      # a non-square output
     (10, 8, (16, 12), 5),       # upscale (the plain bilinear branch of patch_view)
-    (3, 500, (7, 9), 4),        # one side up, the other down
     (1, 1, (4, 4), 2),          # one pixel
 ])
 def test_crop_views_equal_crop_view_per_view(height, width, size, num_views):
@@ -47,6 +46,19 @@ def test_crop_views_equal_crop_view_per_view(height, width, size, num_views):
         np.testing.assert_allclose(ours[index], expected, atol=1e-2)  # float32 summation order: ~5e-3 of 255
     if num_views > 2:
         assert flips.any() and not flips.all()  # both the mirrored and the plain view were compared
+
+
+def test_one_side_up_the_other_down_and_the_flip_mirrors_the_resized_box():
+    image = np.random.default_rng(5).integers(0, 256, (3, 500, 3), dtype=np.uint8)
+    whole = np.array([[0.0, 0.0, 1.0, 1.0]] * 2, np.float32)  # 3 -> 7 rows up, 500 -> 9 columns down
+    ours = numpy_views.crop_views(image, whole, np.array([False, True]), (7, 9))
+    for index, flip in enumerate((False, True)):
+        expected = views.crop_view(tf.constant(image), whole[index], flip, (7, 9)).numpy()
+        np.testing.assert_allclose(ours[index], expected, atol=1e-2)
+    # The mirrored view is the resize of the mirrored box (the triangle kernel is symmetric).
+    mirrored = tf.image.resize(image[:, ::-1].astype(np.float32), (7, 9), antialias=True).numpy()
+    np.testing.assert_allclose(ours[1], np.clip(mirrored, 0, 255), atol=1e-2)
+    np.testing.assert_allclose(ours[1], ours[0][:, ::-1], atol=1e-6)
 
 
 def test_float_images_and_no_views():
