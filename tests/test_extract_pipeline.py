@@ -2,7 +2,9 @@
 checked against the teacher called directly on the same views."""
 
 import dataclasses
+import glob
 import json
+import os
 
 import apache_beam as beam
 import numpy as np
@@ -24,7 +26,7 @@ from extract_fixtures import (
 )
 
 from distillery import images, records
-from pipelines import extract_shard, extraction, teacher_inference
+from pipelines import extract_shard, extraction, shard_output, teacher_inference
 
 
 def config_for(tmp_path, **overrides):
@@ -255,6 +257,42 @@ def _viewed(image_id, values):
     pixels = np.stack([np.full((2, 2, 3), value, np.float32) for value in values])
     return teacher_inference.ViewedImage(image_id=image_id, label=-1, origin=image_id, crops=np.zeros((len(values), 4)),
                                      flips=np.zeros(len(values), bool), pixels=pixels)
+
+
+class _TeacherThatBreaks(FakeTeacher):
+    """The fake teacher, whose third call raises (one call per work unit in the test below)."""
+
+    calls = 0
+
+    def predict(self, batch, batch_size=32):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise RuntimeError("the teacher broke on its third call")
+        return super().predict(batch, batch_size)
+
+
+def _load_teacher_that_breaks():
+    return _TeacherThatBreaks()
+
+
+def test_a_failed_bundle_leaves_only_whole_committed_units_and_no_temporary_files(tmp_path):
+    _TeacherThatBreaks.calls = 0
+    with pytest.raises(Exception, match="the teacher broke on its third call"):
+        run_job(tmp_path, good_items(8), loader=_load_teacher_that_breaks, views=3, per_shard=2)
+    prefix = str(tmp_path / "out" / "soft")
+    leftovers = [name for name in os.listdir(shard_output.manifests_dir(prefix)) if ".tmp-" in name]
+    assert leftovers == []  # the open units' temporary record files were dropped
+    manifests = [name for name in os.listdir(shard_output.manifests_dir(prefix))
+                 if name.endswith(".json") and not name.startswith("_")]  # not the run's _settings.json
+    # One call per unit: units 1 and 2 committed when their calls came back (at the next unit's end); the
+    # third call failed, so units 3 and 4 were aborted.
+    assert sorted(manifests) == ["000000.json", "000001.json"]
+    for name in manifests:
+        with open(os.path.join(shard_output.manifests_dir(prefix), name), encoding="utf-8") as file:
+            manifest = json.load(file)
+        assert len(list(records.read_records(manifest["file"]))) == manifest["records"] == 2
+    assert len(glob.glob(prefix + "-*")) == len(manifests)  # a record file only where a manifest commits it
+    assert not os.path.exists(extraction.summary_path(prefix))
 
 
 def test_view_batcher_calls_the_teacher_on_exactly_batch_size_views_and_splits_them_back():
