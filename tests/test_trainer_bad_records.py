@@ -138,12 +138,44 @@ def test_a_non_finite_loss_stops_the_run_before_it_saves(tmp_path):
     pattern = fixtures.write_tiny_records(str(tmp_path / "records"), fixtures.tiny_teacher_model(), num_files=1,
                                           per_file=8)
     model_dir = tmp_path / "diverged"
+    # Step 1's loss is finite (the initial weights), its infinite update is not: caught before ckpt-1 is saved.
     config = _config(pattern, model_dir, batch_size=4, steps=6, checkpoint_every=1, log_every=3,
                      learning_rate=float("inf"), shuffle_buffer=8)
+    with pytest.raises(loss_guard.NonFiniteLossError, match=r"^step 1: the weights are not finite after it"):
+        loop.train(config)
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) is None
+    assert not (model_dir / "summary.json").exists() and not (model_dir / "student.keras").exists()
+    # Checked at log steps only (no checkpoint before the end): the loss of step 2 is the first non-finite value.
+    config = _config(pattern, tmp_path / "diverged_no_checkpoints", batch_size=4, steps=6, checkpoint_every=0,
+                     log_every=3, learning_rate=float("inf"), shuffle_buffer=8)
     with pytest.raises(loss_guard.NonFiniteLossError, match=r"^step 2: the loss is nan: training diverged"):
         loop.train(config)
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-1")
-    assert not (model_dir / "summary.json").exists() and not (model_dir / "student.keras").exists()
+    assert not (tmp_path / "diverged_no_checkpoints" / "checkpoints").exists() or tf.train.latest_checkpoint(
+        str(tmp_path / "diverged_no_checkpoints" / "checkpoints")) is None
+
+
+def test_a_run_that_diverges_keeps_its_earlier_checkpoints_and_they_are_finite(tmp_path):
+    pattern = fixtures.write_tiny_records(str(tmp_path / "records"), fixtures.tiny_teacher_model(), num_files=1,
+                                          per_file=8)
+    model_dir = tmp_path / "run"
+    good = _config(pattern, model_dir, batch_size=4, steps=2, checkpoint_every=1, log_every=1, shuffle_buffer=8)
+    loop.train(good)
+    summary = (model_dir / "summary.json").read_bytes()
+    # The same run continued with a learning rate that may change on a resume (trainer/resume.py), here inf.
+    diverging = _config(pattern, model_dir, batch_size=4, steps=6, checkpoint_every=1, log_every=1, shuffle_buffer=8,
+                        learning_rate=float("inf"))
+    with pytest.raises(loss_guard.NonFiniteLossError, match=r"^step 3: the weights are not finite after it"):
+        loop.train(diverging)
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert latest.endswith("ckpt-2")
+    reader = tf.train.load_checkpoint(latest)
+    # The student's weights are stored once, under the optimizer's references to them; its slots beside them.
+    saved = [reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+             if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    floating = [value for value in saved if np.issubdtype(np.asarray(value).dtype, np.floating)]
+    assert len(floating) >= 8
+    assert all(np.all(np.isfinite(value)) for value in floating)
+    assert (model_dir / "summary.json").read_bytes() == summary  # the last good output stays
 
 
 def test_records_of_another_version_truncated_files_and_images_that_fail_to_decode_are_counted(tmp_path):

@@ -260,7 +260,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
     evaluation = _eval_hook(config, distillation, student, strategy, spec.num_classes, output_dir, chief, average)
     # Before the checkpointing hook: a non-finite loss or too many bad records stop the run before it saves.
     skipped = bad_records.BadRecordLimit(records.expand_paths(config.train_pattern), config.max_bad_fraction, writer)
-    guards = [loss_guard.FiniteLoss(config.checkpoint_every), skipped]
+    guards = [loss_guard.FiniteLoss(config.checkpoint_every, variables=student.weights), skipped]
     hooks = ([driver.StepCallback(after_step)] if after_step is not None else []) + guards + [keeper]
     hooks += [evaluation] if evaluation is not None else []
     totals = driver.run_steps(train_step, iterator, resumed_from, config.steps, batch_size=config.batch_size,
