@@ -17,6 +17,7 @@ and gs:// go through Beam's FileSystems.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -32,10 +33,23 @@ from pipelines.tfrecord_format import frame_record
 _KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+_MAX_KEY_LENGTH = 120
+
+
 def shard_key(text: str) -> str:
-    """A file-name-safe key for a work unit (unsafe characters become '_'; never empty, never hidden)."""
-    key = _KEY_CHARACTERS.sub("_", text).strip("._") or "shard"
-    return key[:120]
+    """A file-name-safe key for a work unit, one per distinct `text`, stable across runs.
+
+    A safe text of at most 120 characters is its own key. Any other (a path: '/' and other unsafe
+    characters become '_'; or a long one) keeps the end of its safe spelling, where the file names differ,
+    and ends with 16 hex digits of the text's sha256: 'a/b' and 'a_b', or two long paths that differ only in
+    the file name, must not write each other's output. Never empty, never hidden.
+    """
+    safe = _KEY_CHARACTERS.sub("_", text).strip("._-")
+    if safe and safe == text and len(safe) <= _MAX_KEY_LENGTH:
+        return safe
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    tail = safe[-(_MAX_KEY_LENGTH - len(digest) - 1):].lstrip("._-")
+    return f"{tail}-{digest}" if tail else digest
 
 
 def records_path(prefix: str, key: str) -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,6 +160,42 @@ def test_tfrecord_files_are_matched_in_the_job_and_an_id_in_two_files_is_written
         ("y", "duplicate", f"{tmp_path}/part-b.tfrecord[0]")]
     # One work unit per file, keyed by its path; 4 inputs = 3 records + 1 dead letter.
     assert len(result.summary["shards"]) == 2 and result.counters["read"] == 4 and result.summary["balanced"]
+
+
+def test_tfrecord_files_whose_long_paths_differ_only_at_the_end_get_their_own_work_units(tmp_path):
+    import tensorflow as tf
+
+    folder = tmp_path / ("long_folder_name_" * 9)  # the two paths share their first ~170 characters
+    folder.mkdir()
+    for name, ids in (("part-a", ["a0", "a1"]), ("part-b", ["b0"])):
+        with tf.io.TFRecordWriter(str(folder / f"{name}.tfrecord")) as writer:
+            for seed, image_id in enumerate(ids):
+                feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode(photo(seed))])),
+                           "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()]))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    config = extraction.ExtractConfig(source=f"tfrecord:{folder}/part-*.tfrecord", teachers=("fake",),
+                                      output=str(tmp_path / "out" / "soft"), dead_letter=str(tmp_path / "out" / "d"),
+                                      store_image_max_side=32, batch_size=8)
+    result = extraction.run(config, teacher_loader=load_fake_teacher)
+    assert sorted(record.image_id for record in records.read_records(f"{config.output}.summary.json")) == [
+        "a0", "a1", "b0"]
+    shards = result.summary["shards"]
+    assert len(shards) == 2 and len({shard["file"] for shard in shards}) == 2
+    assert sorted(shard["records"] for shard in shards) == [1, 2]
+
+
+def test_shard_keys_are_safe_distinct_and_stable():
+    from pipelines import shard_output
+
+    assert shard_output.shard_key("000001") == "000001"  # a safe short key is itself
+    long_a = "/data/" + "x" * 150 + "/train-00000-of-01024.tfrecord"
+    long_b = long_a.replace("00000-of", "00001-of")
+    keys = [shard_output.shard_key(text) for text in (long_a, long_b, "a/b", "a_b", "a b", "", "..", "../../etc")]
+    assert len(set(keys)) == len(keys)  # before, the two long paths (cut at 120) and a/b, a_b, a b collided
+    assert all(0 < len(key) <= 120 and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", key) for key in keys)
+    assert keys[0].startswith("x") and "train-00000-of-01024.tfrecord-" in keys[0]  # the file name stays readable
+    assert keys == [shard_output.shard_key(text) for text in (long_a, long_b, "a/b", "a_b", "a b", "", "..",
+                                                               "../../etc")]
 
 
 def test_an_open_images_csv_is_read_in_the_job_and_a_repeated_image_id_is_written_once(tmp_path):
