@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from distillery import saved_model_check
+from distillery import numpy_views, saved_model_check
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_TEACHERS = ("mobilenet_v2_imagenet",)
@@ -94,10 +94,23 @@ class Teacher:
 
 
 def resize_to(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Bilinear (antialiased) resize of [N, H, W, 3] to `size`, skipped when the static size already matches."""
+    """Bilinear (antialiased) resize of [N, H, W, 3] to `size`, skipped when the static size already matches.
+
+    With a static input size (a teacher's graph: an ensemble member of another input size) the resize is
+    written as what it is, two products with constant weight matrices (ScaleAndTranslate's weights, from
+    `numpy_views.resize_weights`; equal to `tf.image.resize` to ~1e-4 of 255), because TFLite has no builtin
+    kernel for ScaleAndTranslate and such an ensemble must convert for --teacher_runtime=litert. A dynamic
+    size keeps `tf.image.resize`.
+    """
     if tuple(images.shape[1:3]) == tuple(size):
         return images
-    return tf.image.resize(images, size, method="bilinear", antialias=True)
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        return tf.image.resize(images, size, method="bilinear", antialias=True)
+    rows = tf.constant(numpy_views.resize_weights(int(height), int(size[0])).toarray(), tf.float32)
+    columns = tf.constant(numpy_views.resize_weights(int(width), int(size[1])).toarray(), tf.float32)
+    resized_rows = tf.einsum("hH,nHWc->nhWc", rows, tf.cast(images, tf.float32))
+    return tf.einsum("wW,nhWc->nhwc", columns, resized_rows)
 
 
 def _file_name(path: str) -> str:

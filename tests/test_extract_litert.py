@@ -180,20 +180,34 @@ def test_the_loader_is_picklable_and_its_tag_keeps_runtimes_and_batches_apart(mo
     assert per_cpu.tag != loader.tag and per_cpu().num_threads == 1  # one process per CPU (Dataflow)
 
 
-def test_a_teacher_that_does_not_convert_fails_before_the_pipeline_naming_it(tmp_path, model_files):
+def test_an_ensemble_whose_members_differ_in_input_size_runs_under_litert_like_tf(tmp_path, model_files):
     keras_path, _ = model_files
     inputs = keras.Input((48, 48, 3))  # another input size: the ensemble resizes for it (antialiased)
     outputs = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(inputs))
     other_size = str(tmp_path / "other_size.keras")
     keras.Model(inputs, outputs).save(other_size)
     source = f"folder:{_photos_folder(tmp_path)}"
+    tf_summary, tf_written = _run(tmp_path / "tf", source, [keras_path, other_size], "tf")
+    litert_summary, litert_written = _run(tmp_path / "litert", source, [keras_path, other_size], "litert")
+    assert tf_summary["teacher_runtime"] == "tf" and litert_summary["teacher_runtime"] == "litert"
+    assert len(litert_written) == 6
+    _assert_same_labels(tf_written, litert_written, atol=1e-3)
+
+
+def test_a_teacher_that_does_not_convert_fails_before_the_pipeline_naming_it(tmp_path):
+    inputs = keras.Input((32, 32, 3))  # an antialiased resize inside the model: no builtin TFLite kernel
+    resized = keras.layers.Resizing(16, 16, antialias=True)(inputs)
+    outputs = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(resized))
+    resizing = str(tmp_path / "resizing.keras")
+    keras.Model(inputs, outputs).save(resizing)
+    source = f"folder:{_photos_folder(tmp_path)}"
     with pytest.raises(ValueError) as raised:
-        _run(tmp_path / "litert", source, [keras_path, other_size], "litert")
+        _run(tmp_path / "litert", source, [resizing], "litert")
     message = str(raised.value)
-    assert "teacher tiny.keras+other_size.keras: cannot run under LiteRT" in message
+    assert "teacher resizing.keras: cannot run under LiteRT" in message
     assert "--teacher_runtime=tf" in message and "ScaleAndTranslate" in message
     assert not (tmp_path / "litert" / "soft.summary.json").exists()
-    summary, written = _run(tmp_path / "tf", source, [keras_path, other_size], "tf")  # what the message suggests
+    summary, written = _run(tmp_path / "tf", source, [resizing], "tf")  # what the message suggests
     assert summary["teacher_runtime"] == "tf" and len(written) == 6
 
 

@@ -153,3 +153,11 @@ def test_predict_rejects_wrong_rank(saved):
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         teacher.predict(np.zeros((8, 8, 3), np.float32))
     assert teacher.predict(np.zeros((0, 8, 8, 3), np.float32)).shape == (0, 5)
+
+
+def test_resize_to_a_static_size_is_tensorflows_antialiased_resize_as_products():
+    images = np.random.default_rng(3).uniform(0, 255, (2, 64, 56, 3)).astype(np.float32)
+    for size in [(48, 48), (32, 40), (96, 80), (64, 20)]:  # down, both down, up, one side each way
+        expected = tf.image.resize(images, size, method="bilinear", antialias=True).numpy()
+        np.testing.assert_allclose(teachers.resize_to(tf.constant(images), size).numpy(), expected, atol=1e-3)
+    assert teachers.resize_to(tf.constant(images), (64, 56)).shape == (2, 64, 56, 3)
