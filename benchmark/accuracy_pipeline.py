@@ -58,9 +58,9 @@ def sum_counts(counts: Iterable[accuracy.EvalCounts]) -> accuracy.EvalCounts:
 
 def build(pipeline: beam.Pipeline, model_path: str, pattern: str, output: str, num_threads: int = 1):
     """Adds the evaluation steps to `pipeline`; returns the PCollection with the one summed EvalCounts."""
-    # An extraction summary stands for exactly the record files it lists.
-    patterns = [path for item in pattern.split(",") if item
-                for path in (records.summary_shards(item) if item.endswith(records.SUMMARY_SUFFIX) else [item])]
+    # An extraction summary stands for exactly the record files it lists; other entries stay globs,
+    # expanded by Beam's reader (on the workers' file system, not listed here).
+    patterns = [item for item, _ in records.record_sources(pattern)]
     reads = [pipeline | f"ReadRecords{index}" >> beam.io.ReadFromTFRecord(item) for index, item in enumerate(patterns)]
     serialized = reads[0] if len(reads) == 1 else tuple(reads) | "FlattenRecords" >> beam.Flatten()
     totals = (serialized

@@ -331,24 +331,42 @@ def summary_shards(path: str) -> list[str]:
                           f"{error})") from None
 
 
+def record_sources(pattern: str | Sequence[str]) -> list[tuple[str, bool]]:
+    """(entry, listed) for each entry of `pattern` (comma-separated or a list), in order.
+
+    An entry ending in .summary.json is an extraction's summary and is replaced by exactly the record files
+    it lists (listed=True: file names, not whatever else matches PREFIX-*); any other entry is a glob
+    (listed=False). The one place that reads summaries for readers: `expand_paths` here, and the Beam
+    accuracy job, which hands each entry to its own file reader.
+
+    Raises:
+      FileNotFoundError: a summary is missing or lists no files. RecordError: it is not a summary.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    entries: list[tuple[str, bool]] = []
+    for item in (p for entry in patterns for p in entry.split(",") if p):
+        if not item.endswith(SUMMARY_SUFFIX):
+            entries.append((item, False))
+            continue
+        listed = summary_shards(item)
+        if not listed:
+            raise FileNotFoundError(f"{item}: the extraction summary lists no record files")
+        entries.extend((path, True) for path in listed)
+    return entries
+
+
 def expand_paths(pattern: str | Sequence[str]) -> list[str]:
     """Files matching a glob (or several, comma-separated or as a list); local or gs:// via tf.io.gfile.
 
-    An entry ending in .summary.json is an extraction's summary and stands for exactly the record files
-    it lists (not whatever else matches PREFIX-*).
+    An entry ending in .summary.json stands for exactly the record files it lists (`record_sources`).
 
     Raises:
       FileNotFoundError: naming the pattern when nothing matches.
     """
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    patterns = [p for item in patterns for p in item.split(",") if p]
     paths: list[str] = []
-    for item in patterns:
-        if item.endswith(SUMMARY_SUFFIX):
-            listed = summary_shards(item)
-            if not listed:
-                raise FileNotFoundError(f"{item}: the extraction summary lists no record files")
-            paths.extend(listed)
+    for item, listed in record_sources(pattern):
+        if listed:
+            paths.append(item)
             continue
         if "://" in item:
             matched = sorted(tf.io.gfile.glob(item))
