@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -85,9 +86,30 @@ def _matches(pattern: str) -> list[str]:
         return []
 
 
+def _sibling_prefixes(prefix: str) -> list[str]:
+    """Other runs' prefixes that extend this one (PREFIX-small beside PREFIX): those with a summary or a
+    manifests folder of their own."""
+    summaries = [path[:-len(".summary.json")] for path in _matches(prefix + "-*.summary.json")]
+    manifests = [path.rsplit("/", 1)[0][:-len(".shards")] for path in _matches(prefix + "-*.shards/*")]
+    return sorted(set(summaries + manifests))
+
+
+def _is_folder(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
+
+
 def existing_outputs(prefix: str) -> list[str]:
-    """Every file an earlier run left under `prefix`: record files, manifests, the summary."""
-    found = _matches(prefix + "-*") + _matches(manifests_dir(prefix) + "/*")
+    """Every file an earlier run left under `prefix`: record files, manifests, the summary.
+
+    PREFIX-* also matches what another run under a longer prefix wrote (PREFIX-small-KEY.tfrecord, its
+    summary and manifests): those are not this prefix's, so neither refused nor removed here, and folders
+    never are (a run writes files there only).
+    """
+    siblings = _sibling_prefixes(prefix)
+    found = [path for path in _matches(prefix + "-*")
+             if not _is_folder(path) and not any(path.startswith((sibling + "-", sibling + "."))
+                                                 for sibling in siblings)]
+    found += _matches(manifests_dir(prefix) + "/*")
     found += [path for path in (summary_path(prefix),) if FileSystems.exists(path)]
     return found
 

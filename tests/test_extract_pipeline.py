@@ -41,7 +41,7 @@ def run_job(tmp_path, items, loader=load_fake_teacher, per_shard=3, **overrides)
     result = extraction.run(config, test_pipeline=BeamTestPipeline(runner=FnApiRunner()),
                             source=ListSource(items, per_shard),
                             teacher_loader=loader, save_main_session=False)
-    written = {record.image_id: record for record in records.read_records(config.output + "-*")}
+    written = {record.image_id: record for record in records.read_records(extraction.summary_path(config.output))}
     with open(config.dead_letter, encoding="utf-8") as file:
         dead = [json.loads(line) for line in file if line.strip()]
     return result, written, dead
@@ -383,6 +383,30 @@ def test_an_earlier_output_is_refused_unless_overwrite_or_resume(tmp_path):
         run_job(tmp_path, items, overwrite=True, resume=True)
     with pytest.raises(ValueError, match=r"settings differ .*--seed: 0, 3"):
         run_job(tmp_path, items, per_shard=4, resume=True, seed=3)
+
+
+def test_a_run_under_a_longer_prefix_is_neither_refused_nor_removed(tmp_path):
+    """PREFIX-* also matches soft-small-*: another run's files, which --overwrite of soft must not touch."""
+    items = good_items(4)
+    out = tmp_path / "out"
+    sibling, _, _ = run_job(tmp_path, items, per_shard=2, output=str(out / "soft-small"),
+                            dead_letter=str(out / "soft-small.dead.jsonl"))
+    folder = out / "soft-notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    kept = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert sorted(str(path.relative_to(out)) for path in kept) == [
+        "soft-notes/keep.txt", "soft-small-000000.tfrecord", "soft-small-000001.tfrecord", "soft-small.dead.jsonl",
+        "soft-small.shards/000000.json", "soft-small.shards/000001.json", "soft-small.shards/_run.json",
+        "soft-small.shards/_settings.json", "soft-small.summary.json"]
+    first, _, _ = run_job(tmp_path, items, per_shard=2)  # soft: not refused for soft-small's files
+    again, _, _ = run_job(tmp_path, items, per_shard=4, overwrite=True)
+    assert [shard["records"] for shard in again.summary["shards"]] == [4]
+    replaced = {shard["file"] for shard in first.summary["shards"]} - {shard["file"] for shard in again.summary["shards"]}
+    assert len(replaced) == 1 and not any(os.path.exists(path) for path in replaced)  # soft's own unit went
+    assert {path: path.read_bytes() for path in kept} == kept
+    listed = sorted(str(path) for path in out.glob("soft-*.tfrecord"))
+    assert listed == sorted([shard["file"] for shard in sibling.summary["shards"] + again.summary["shards"]])
 
 
 def test_readers_given_the_summary_read_exactly_the_files_it_lists(tmp_path):
