@@ -166,7 +166,7 @@ def test_a_bfloat16_run_trains_and_its_float32_export_converts_to_int8_tflite(re
     student, summary = loop.train_student(config)
     assert keras.config.dtype_policy().name == "float32"  # the policy was set only while building the student
     assert student.layers[-1].compute_dtype == "bfloat16" and student.layers[-1].kernel.dtype == "float32"
-    assert np.isfinite(summary["loss"]["loss"])
+    assert np.isfinite(summary["loss"]["loss"]) and summary["loss_scale"] is None  # bfloat16 needs no loss scaling
     keras.utils.set_random_seed(config.seed)
     initial = task.DistillationTask(record_glob, 32, 4, 0.5, 2.0, student="small_cnn", width=0.25,
                                     num_classes=fixtures.NUM_CLASSES).build_model()
@@ -192,6 +192,9 @@ def test_a_float16_run_trains_with_loss_scaling(record_glob, tmp_path):
     student, summary = loop.train_student(config)
     assert np.isfinite(summary["loss"]["loss"]) and summary["optimizer_iterations"] == 3
     assert student.layers[-1].compute_dtype == "float16"
+    # Dynamic loss scaling ran: the scale starts at 2**15 and only halves (overflow) or doubles (after 2,000
+    # good steps), so after 3 steps it is 2**15 divided by 2**(steps that overflowed).
+    assert summary["loss_scale"] in [2.0 ** power for power in range(12, 16)]
     exported = keras.saving.load_model(str(tmp_path / "fp16" / "student.keras"))
     assert all(weight.dtype == np.float32 for weight in exported.get_weights())
 

@@ -35,7 +35,8 @@ import tensorflow as tf
 from absl import logging
 
 from distillery import atomic_files, records
-from trainer import bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, resume, students, task
+from trainer import (bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, precision, resume,
+                     students, task)
 from trainer.ema import WeightAverage
 from trainer.precision import PRECISIONS
 from trainer.train_config import OPTIMIZERS, TrainConfig
@@ -275,7 +276,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         "strategy": strategy_name(strategy), "replicas": replicas, "global_batch_size": config.batch_size,
         "steps": int(step.numpy()), "planned_steps": config.steps, "resumed_from_step": resumed_from,
         "changed_on_resume": changes,
-        "optimizer_iterations": int(optimizer.iterations.numpy()),
+        "optimizer_iterations": int(optimizer.iterations.numpy()), "loss_scale": precision.loss_scale(optimizer),
         "steps_per_second": totals.steps_per_second, "images_per_second": totals.images_per_second,
         "alpha": config.alpha, "temperature": config.temperature, "loss": totals.terms,
         "record_spec": dataclasses.asdict(spec), "skipped": skipped.skipped(),

@@ -41,3 +41,12 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, mixed_precision: str) 
     if mixed_precision == "float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def loss_scale(optimizer: keras.optimizers.Optimizer) -> float | None:
+    """The dynamic loss scale a float16 run has reached (summary.json's `loss_scale`; None without loss
+    scaling): it halves on every step whose gradients overflow float16, so a scale far below the initial
+    2**15 says the run skipped steps for overflow."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return float(optimizer.dynamic_scale.numpy())
+    return None
