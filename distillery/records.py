@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob as glob_module
+import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -415,6 +416,7 @@ class Survey:
 
     spec: RecordSpec
     images_stored: bool
+    first_records: tuple[str, ...] = ()  # per file, in order: sha256 (16 hex) of its first serialized record
 
 
 def survey(pattern: str | Sequence[str]) -> Survey:
@@ -423,11 +425,12 @@ def survey(pattern: str | Sequence[str]) -> Survey:
     Raises:
       RecordError: when a file is empty, malformed, or disagrees with the first file.
     """
-    spec, first_path, images_stored = None, None, True
+    spec, first_path, images_stored, first_records = None, None, True, []
     for path in expand_paths(pattern):
         first = next(iter(iterate_serialized(path)), None)
         if first is None:
             raise RecordError(f"{path}: holds no records")
+        first_records.append(hashlib.sha256(first).hexdigest()[:16])
         try:
             record = _parse(first)
         except ValueError as error:
@@ -437,7 +440,7 @@ def survey(pattern: str | Sequence[str]) -> Survey:
         elif record.spec != spec:
             raise RecordError(f"{path}: records of {record.spec} do not match {first_path} ({spec})")
         images_stored = images_stored and bool(record.encoded_image)
-    return Survey(spec, images_stored)
+    return Survey(spec, images_stored, tuple(first_records))
 
 
 def read_spec(pattern: str | Sequence[str]) -> RecordSpec:

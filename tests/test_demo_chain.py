@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from top1_check import independent_top1
+from top1_check import independent_tflite_top1, independent_top1
 
 from benchmark import score
 from configs import demo as demo_config
@@ -132,6 +132,9 @@ def test_report_numbers_are_consistent(demo_dir):
         latency = entry["latency_ms"]
         assert latency["min"] <= latency["median"] <= latency["p90"]
         assert 0.0 <= entry["top1"] <= entry["top5"] <= 1.0
+        # The report's top-1 against the model run outside the benchmark's code, on the same test records.
+        top1, labelled = independent_tflite_top1(entry["model"], os.path.join(output_dir, "soft", "test-*"))
+        assert labelled == entry["images"] and entry["top1"] == pytest.approx(top1), entry["model"]
         assert entry["per_op_sum_ms"] > 0
     summary = report["demo"]
     recomputed = goals.check(os.path.join(output_dir, "report.json"), best=summary["best_student"])

@@ -224,6 +224,31 @@ def test_an_open_images_csv_is_read_in_the_job_and_a_repeated_image_id_is_writte
     assert abs(sizes[0] - sizes[1]) <= 0.01 * sizes[0], sizes
 
 
+def _step_names(config) -> set[str]:
+    """The top-level steps of the pipeline `config` builds (built, not run)."""
+    source, loader, handle, _holder, teacher = extraction.open_inputs(config, None, load_fake_teacher, ())
+    pipeline = extraction.make_pipeline(())
+    extraction.build(pipeline, config, source, loader, handle, tuple(teacher.names), tuple(teacher.input_size))
+    return {transform.unique_name.split("/")[0] for transform in pipeline.to_runner_api().components.transforms.values()}
+
+
+def test_the_key_pass_runs_only_for_sources_whose_ids_can_repeat(tmp_path):
+    """folder: and glob: ids are paths, unique by construction: no GroupByKey at all. tfrecord: and
+    openimages_csv: ids come from the data and can repeat: one GroupByKey, over (id, origin) keys."""
+    _photo_folder(tmp_path / "photos", 3)
+    (tmp_path / "list.csv").write_text("ImageID,path\nid0,photos/a/img0000.png\n")
+    with open(tmp_path / "part.tfrecord", "wb"):
+        pass
+    base = extraction.ExtractConfig(source="", teachers=("fake",), output=str(tmp_path / "out" / "soft"),
+                                    dead_letter=str(tmp_path / "out" / "d"), store_image_max_side=32)
+    for spec, deduplicated in ((f"folder:{tmp_path / 'photos'}", False), (f"glob:{tmp_path}/photos/*/*.png", False),
+                               (f"tfrecord:{tmp_path}/part.tfrecord", True), (f"openimages_csv:{tmp_path}/list.csv", True)):
+        steps = _step_names(dataclasses.replace(base, source=spec))
+        assert "ExtractShards" in steps, spec
+        assert ({"ReadKeys", "GroupKeys", "ChooseCopies"} <= steps) == deduplicated, (spec, sorted(steps))
+        assert ("GroupKeys" in steps) == deduplicated, spec
+
+
 @pytest.mark.slow
 def test_dry_run_on_the_command_line_prints_one_json_line_and_writes_nothing(tmp_path):
     _photo_folder(tmp_path / "photos", 3)

@@ -102,12 +102,18 @@ def test_the_pipeline_skips_bad_examples_and_counts_them_by_reason_per_pass(bad_
         assert targets[bad_records.BAD_FILE].numpy()[-1] == (-1 if index == 0 else 0)
 
 
-def test_a_run_over_bad_records_finishes_and_reports_them(bad_glob, tmp_path):
+def test_a_run_over_bad_records_finishes_and_reports_them(bad_glob, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="absl")
     config = _config(bad_glob, tmp_path / "run")
     keras.utils.set_random_seed(config.seed)
     initial = students.build_student("small_cnn", 0.25, 32, fixtures.NUM_CLASSES).get_weights()
     student, summary = loop.train_student(config)
     assert summary["steps"] == 2 and summary["skipped"] == PER_PASS
+    # One line, at the interval where the count grew: the 4 bad examples ride with step 2's batch.
+    lines = [record.getMessage() for record in caplog.records if "bad example" in record.getMessage()]
+    assert lines == [f"step 2: skipped 4 bad example(s) of 14 seen (corrupt_record 1, non_finite_logits 1, "
+                     f"missing_image 1, undecodable_image 1); {bad_glob.replace('*', '00000-of-00001')} holds bad "
+                     f"records"]
     assert json.load(open(tmp_path / "run" / "summary.json"))["skipped"] == PER_PASS
     assert all(not np.array_equal(a, b) for a, b in zip(initial, student.get_weights()))
     scalars = {}
@@ -208,7 +214,8 @@ def test_records_that_store_their_images_are_read_and_decoded_in_one_step(tmp_pa
              _record(3, encoded=jpeg[:60]), _record(4)]
     _write(str(tmp_path / "s-0"), items)
     pattern = str(tmp_path / "s-*")
-    assert records.survey(pattern) == records.Survey(records.read_spec(pattern), images_stored=True)
+    found = records.survey(pattern)
+    assert (found.spec, found.images_stored) == (records.read_spec(pattern), True)
     training = data.make_dataset(pattern, 32, 3, training=True, seed=0, shuffle_buffer=1)
     per_pass = dict.fromkeys(bad_records.REASONS, 0) | {"undecodable_image": 2}
     for _, targets in training.take(3):  # the bad records 2 and 3 ride with record 4, in every pass

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 import trainer_fixtures as fixtures
 
 from trainer import loop, resume
@@ -67,6 +68,10 @@ def test_run_config_holds_the_settings_the_data_and_the_classes(model_dir, recor
     assert settings["config"]["width"] == 0.25 and settings["config"]["steps"] == 4 and settings["classes"] == 5
     assert settings["train_files"] == [os.path.join(record_dir, f"train-0000{i}-of-00002") for i in (0, 1)]
     assert settings["record_spec"]["num_views"] == 2
+    first_records = [hashlib.sha256(next(iter(tf.data.TFRecordDataset(path).as_numpy_iterator()))).hexdigest()[:16]
+                     for path in settings["train_files"]]
+    assert settings["train_file_contents"] == [{"bytes": os.path.getsize(path), "first_record_sha256": first}
+                                               for path, first in zip(settings["train_files"], first_records)]
 
 
 def test_other_settings_or_data_are_refused_listing_each_old_vs_new(model_dir, record_dir):
@@ -83,6 +88,31 @@ def test_other_settings_or_data_are_refused_listing_each_old_vs_new(model_dir, r
     assert f"files --train matches: 2 (old) vs 1 (new); only in the old run: {record_dir}/train-00001-of-00002" in message
     assert "--steps" not in message  # may change
     assert _digests(model_dir) == before
+
+
+def test_record_files_rewritten_in_place_by_another_teacher_are_refused(tmp_path):
+    """Same file names, same spec, other logits (a re-extraction with another teacher): the sizes may be
+    equal, the first records are not."""
+    records_dir = str(tmp_path / "records")
+    fixtures.write_tiny_records(records_dir, fixtures.tiny_teacher_model(seed=7), num_files=2, per_file=6)
+    config = _config(records_dir, tmp_path / "run", steps=2)
+    loop.train(config)
+    sizes = [os.path.getsize(os.path.join(records_dir, name)) for name in sorted(os.listdir(records_dir))]
+    fixtures.write_tiny_records(records_dir, fixtures.tiny_teacher_model(seed=8), num_files=2, per_file=6)
+    assert [os.path.getsize(os.path.join(records_dir, name)) for name in sorted(os.listdir(records_dir))] == sizes
+    settings = resume.read(str(tmp_path / "run"))
+    with pytest.raises(loop.TrainInputError) as refused:
+        loop.train(dataclasses.replace(config, steps=4))
+    message = str(refused.value)
+    first = settings["train_file_contents"][0]
+    assert (f"contents of the files --train matches: 2 of 2 changed: {records_dir}/train-00000-of-00002 "
+            f"({first['bytes']} bytes, first record {first['first_record_sha256']} (old) vs {sizes[0]} bytes, "
+            f"first record ") in message
+    assert "--width" not in message and "--train:" not in message  # only the contents differ
+    # A run_config.json of a trainer that did not record the contents resumes as before.
+    del settings["train_file_contents"]
+    resume.write(str(tmp_path / "run"), settings)
+    assert loop.train(dataclasses.replace(config, steps=4))["resumed_from_step"] == 2
 
 
 def test_a_rerun_at_or_below_the_finished_step_changes_nothing(model_dir, record_dir):

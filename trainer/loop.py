@@ -213,7 +213,7 @@ def train_student(config: TrainConfig, strategy: tf.distribute.Strategy | None =
         atomic_files.check_writable(config.model_dir, "--model_dir")
     except atomic_files.OutputFolderError as error:
         raise TrainInputError(str(error)) from None
-    settings = resume.run_settings(config, spec, records.expand_paths(config.train_pattern))
+    settings = resume.run_settings(config, survey, records.expand_paths(config.train_pattern))
     changes = []
     if config.overwrite:
         if chief:

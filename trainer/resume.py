@@ -8,8 +8,10 @@ the run's checkpoints and outputs, `OUTPUT_NAMES`, and starts over).
 Fixed (`FIXED`, and the data and classes the records give): --student, --width, --image_size, the
 classes, --teacher (offline or online, and which teacher), --alpha, --temperature, --optimizer (its
 slots are in the checkpoint), the recipe settings that change what the weights are (--weight_decay,
---label_smoothing, --ema_decay, --mixed_precision) and the training data: --train, the files it matches
-and their record spec. May change (`MAY_CHANGE`): --steps (train longer; the cosine decay is then spread
+--label_smoothing, --ema_decay, --mixed_precision) and the training data: --train, the files it matches,
+their record spec, and each file's contents as its size and the sha256 of its first record (so a file
+rewritten in place by another extraction, another teacher or seed, is seen; a change after the first
+record that keeps the size is not). May change (`MAY_CHANGE`): --steps (train longer; the cosine decay is then spread
 over the new --steps), --batch_size, --learning_rate and --warmup_steps, the log, checkpoint and eval
 intervals, --eval and its batch size, --seed and --shuffle_buffer (the resumed stream is reseeded anyway),
 --max_checkpoints, the strategy and its replicas, --jit_compile and --sync_batch_norm (how a step is
@@ -28,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from distillery import atomic_files, cli, records
-from trainer import checkpointing
+from trainer import checkpointing, record_files
 from trainer.train_config import TrainConfig
 
 RUN_CONFIG = "run_config.json"
@@ -48,11 +50,14 @@ class ResumeRefusedError(ValueError):
     """A rerun whose settings differ from the checkpointed run's; the message lists them, old vs new."""
 
 
-def run_settings(config: TrainConfig, spec: records.RecordSpec, train_files: list[str]) -> dict:
-    """What run_config.json holds: the flags, the classes, the record spec and the training files."""
+def run_settings(config: TrainConfig, survey: records.Survey, train_files: list[str]) -> dict:
+    """What run_config.json holds: the flags, the classes, the record spec, the training files and what
+    they hold (size in bytes and first record's sha256, from `survey` of `train_files`)."""
     files = [path if atomic_files.is_remote(path) else os.path.abspath(path) for path in train_files]
-    settings = {"format": FORMAT, "config": dataclasses.asdict(config), "classes": spec.num_classes,
-                "record_spec": dataclasses.asdict(spec), "train_files": files}
+    contents = [{"bytes": size, "first_record_sha256": first}
+                for size, first in zip(record_files.file_sizes(train_files), survey.first_records, strict=True)]
+    settings = {"format": FORMAT, "config": dataclasses.asdict(config), "classes": survey.spec.num_classes,
+                "record_spec": dataclasses.asdict(survey.spec), "train_files": files, "train_file_contents": contents}
     return json.loads(json.dumps(settings))  # tuples as lists, as they come back from the file
 
 
@@ -93,7 +98,17 @@ def differences(old: dict, new: dict) -> list[str]:
                      + (f"; only in the old run: {_some(gone)}" if gone else "")
                      + (f"; only in this one: {_some(added)}" if added else "")
                      + ("; the same files in another order" if not gone and not added else ""))
+    elif "train_file_contents" in old and old["train_file_contents"] != new["train_file_contents"]:
+        changed = [f"{path} ({_spell_contents(before)} (old) vs {_spell_contents(after)} (new))"
+                   for path, before, after in zip(new_files, old["train_file_contents"], new["train_file_contents"])
+                   if before != after]
+        found.append(f"contents of the files --train matches: {len(changed)} of {len(new_files)} changed: "
+                     f"{_some(changed)}")
     return found
+
+
+def _spell_contents(contents: dict) -> str:
+    return f"{contents['bytes']} bytes, first record {contents['first_record_sha256']}"
 
 
 def allowed_changes(old: dict, new: dict) -> list[str]:
