@@ -13,12 +13,12 @@ import json
 import subprocess
 import sys
 
+import keras
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from extract_fixtures import INPUT_SIZE, NUM_CLASSES, ListSource, good_items, load_fake_teacher
 
-import keras
 from benchmark import accuracy, accuracy_pipeline
 from compress import factorize_job, quantize
 from distillery import records

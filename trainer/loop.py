@@ -35,8 +35,19 @@ import tensorflow as tf
 from absl import logging
 
 from distillery import atomic_files, records
-from trainer import (bad_records, checkpointing, cluster_resolver, driver, eval_hook, export, loss_guard, precision, resume,
-                     students, task)
+from trainer import (
+    bad_records,
+    checkpointing,
+    cluster_resolver,
+    driver,
+    eval_hook,
+    export,
+    loss_guard,
+    precision,
+    resume,
+    students,
+    task,
+)
 from trainer.ema import WeightAverage
 from trainer.precision import PRECISIONS
 from trainer.train_config import OPTIMIZERS, TrainConfig
