@@ -428,6 +428,8 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
         "num_classes": int(teacher.num_classes), "seconds": round(seconds, 3), "counters": counters,
         "shards": totals["shards"], "records": sum(shard["records"] for shard in totals["shards"]),
         "resumed_shards": totals["resumed_shards"],
+        # Record files of an earlier run's work units that this run does not have (removed; see shard_output).
+        "stale_files_removed": totals.get("stale_files_removed", []),
         # Resolved on the workers: "litert", "tf", or "litert+tf" when workers (or a resumed run) differed.
         "teacher_runtime": "+".join(totals.get("teacher_runtimes") or [teacher_inference.runtime_of(teacher)]),
     }
@@ -449,5 +451,9 @@ def run(config: ExtractConfig, beam_args: Sequence[str] = (), save_main_session:
                  counters["read"], counters["written"], counters["dead_letters"], counters["duplicates"],
                  seconds, summary["images_per_second"],
                  f" ({totals['resumed_shards']} work unit(s) kept from the earlier run)" if config.resume else "")
+    if summary["stale_files_removed"]:
+        logging.warning("extract: removed %d record file(s) of earlier work units this run does not have (its "
+                        "source no longer yields them, or an older version named them otherwise): %s",
+                        len(summary["stale_files_removed"]), ", ".join(summary["stale_files_removed"][:3]))
     shard_output.write_json(summary_path(config.output), summary)
     return ExtractResult(result, counters, summary)

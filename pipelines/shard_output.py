@@ -214,11 +214,32 @@ def read_manifest(prefix: str, key: str) -> dict[str, Any] | None:
     return read_json(path)
 
 
+def remove_stale_units(prefix: str, keys: Iterable[str]) -> list[str]:
+    """Removes the work units committed under `prefix` whose key is not in `keys` (this run's): what a
+    --resume finds of an earlier run that its source no longer yields, or that an older version named
+    otherwise (paths were keyed without a digest before 2026-12-03). Their manifests go, and their record
+    files, named from the manifest's own name (never from its contents), so that PREFIX-* holds this run's
+    records only. Returns the record files removed. Keys never start with '_' (`shard_key`): _run.json
+    and _settings.json are not units."""
+    keep = set(keys)
+    stale = []
+    for path in _matches(manifests_dir(prefix) + "/*.json"):
+        name = path.rsplit("/", 1)[-1][:-len(".json")]
+        if not name.startswith("_") and name not in keep:
+            stale.append((path, records_path(prefix, name)))
+    removed = [file for _, file in stale if FileSystems.exists(file)]
+    if stale:
+        FileSystems.delete(removed + [manifest for manifest, _ in stale])
+    return removed
+
+
 def finalize(prefix: str, dead_letter: str, manifests: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Writes the dead-letter file from every shard's manifest (in key order) and returns the totals:
-    {"shards": [{"file", "records"}...], "counters": summed, "resumed_shards", "teacher_runtimes": the
-    distinct runtimes the shards' teachers ran on, sorted}."""
+    """Writes the dead-letter file from every shard's manifest (in key order), removes the units of an
+    earlier run that this one did not produce (`remove_stale_units`) and returns the totals:
+    {"shards": [{"file", "records"}...], "counters": summed, "resumed_shards", "stale_files_removed",
+    "teacher_runtimes": the distinct runtimes the shards' teachers ran on, sorted}."""
     ordered = sorted(manifests, key=lambda manifest: manifest["key"])
+    stale = remove_stale_units(prefix, (manifest["key"] for manifest in ordered))
     lines = [line for manifest in ordered for line in manifest.get("dead_letters", ())]
     write_text(dead_letter, "".join(line + "\n" for line in lines))
     counters: dict[str, int] = {}
@@ -227,6 +248,7 @@ def finalize(prefix: str, dead_letter: str, manifests: Iterable[dict[str, Any]])
             counters[name] = counters.get(name, 0) + int(value)
     return {"shards": [{"file": manifest["file"], "records": manifest["records"]} for manifest in ordered],
             "counters": counters, "resumed_shards": sum(1 for manifest in ordered if manifest.get("resumed")),
+            "stale_files_removed": stale,
             "teacher_runtimes": sorted({manifest["teacher_runtime"] for manifest in ordered if manifest.get("teacher_runtime")})}
 
 

@@ -433,8 +433,18 @@ def test_resume_skips_committed_work_units_and_counts_all_of_them(tmp_path):
     manifest = tmp_path / "a" / "out" / "soft.shards" / "000001.json"
     manifest.unlink()
     committed = {shard["file"]: open(shard["file"], "rb").read() for shard in result.summary["shards"]}
+    # A unit this source does not yield (an older version's name for it): its manifest and records go.
+    stale_records = tmp_path / "a" / "out" / "soft-data_img000.png-0123456789abcdef.tfrecord"
+    stale_records.write_bytes(committed[result.summary["shards"][0]["file"]])
+    stale_manifest = tmp_path / "a" / "out" / "soft.shards" / "data_img000.png-0123456789abcdef.json"
+    stale_manifest.write_text(json.dumps({"key": "data_img000.png-0123456789abcdef", "file": "/etc/hostname"}))
+    assert result.summary["stale_files_removed"] == []
     resumed, again, _ = run_job(tmp_path / "a", items, per_shard=2, resume=True)
     assert resumed.summary["resumed_shards"] == 2 and resumed.counters["read"] == 6 and resumed.summary["balanced"]
+    assert resumed.summary["stale_files_removed"] == [str(stale_records)]
+    assert not stale_records.exists() and not stale_manifest.exists() and os.path.exists("/etc/hostname")
+    assert sorted(path.name for path in (tmp_path / "a" / "out" / "soft.shards").iterdir()) == [
+        "000000.json", "000001.json", "000002.json", "_run.json", "_settings.json"]
     assert {shard["file"]: open(shard["file"], "rb").read() for shard in resumed.summary["shards"]} == committed
     assert sorted(again) == sorted(first)
 
